@@ -1,0 +1,132 @@
+"""``solve()``: the one call that joins a measurement, an operator, a prior and a method."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from invsolve.counting import CountingPrior
+from invsolve.result import Result
+from invsolve.samplers import Problem, registered
+from invsolve.validation import capabilities, check_measurement, check_prior, infer_x_shape, missing_needs
+from operators.base import FunctionOperator
+
+
+def methods() -> dict[str, str]:
+    """Registered method names with what each needs from the operator and the prior."""
+    return {name: ", ".join(n.replace("|", " or ") for n in cls.needs) for name, cls in sorted(registered().items())}
+
+
+def _method_class(method: str):
+    known = registered()
+    if method not in known:
+        raise ValueError(f"unknown method {method!r}; known methods: {', '.join(sorted(known))}")
+    return known[method]
+
+
+def _build_method(cls, options: dict[str, Any]):
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise ValueError(
+            f"method {cls.name!r} has no option(s) {', '.join(unknown)}; "
+            f"its options are: {', '.join(sorted(fields)) or 'none'}"
+        )
+    return cls(**options)
+
+
+def _check_needs(cls, operator: Any, prior: Any) -> None:
+    caps = capabilities(operator, prior)
+    missing = missing_needs(cls.needs, caps)
+    if missing:
+        working = [name for name, c in sorted(registered().items()) if not missing_needs(c.needs, caps)]
+        raise ValueError(
+            f"method {cls.name!r} needs {', '.join(m.replace('|', ' or ') for m in missing)}, which "
+            f"{type(operator).__name__} with {type(prior).__name__} does not offer; "
+            f"methods that work here: {', '.join(working) or 'none'}"
+        )
+
+
+def solve(
+    measurement: Tensor,
+    operator: Any,
+    prior: Any,
+    method: str = "dps",
+    steps: int | None = None,
+    seed: int | None = None,
+    num_samples: int = 1,
+    noise_sigma: float | None = None,
+    progress: bool = True,
+    callback: Callable[[dict], None] | None = None,
+    x_shape: tuple[int, ...] | None = None,
+    **method_options: Any,
+) -> Result:
+    """Draw ``num_samples`` restorations of ``measurement = operator(x) + noise``.
+
+    ``operator`` is an :class:`operators.Operator` or any differentiable callable;
+    ``prior`` anything with ``denoise(x, sigma)``, ``sigma_min`` and ``sigma_max``.
+    ``noise_sigma`` is the measurement noise standard deviation on the [-1, 1]
+    scale (``None`` means 0).  ``steps`` defaults to the method's paper value;
+    ``seed`` makes the run reproducible (a random seed is drawn and recorded in
+    ``Result.options`` when ``None``).  ``x_shape`` is needed only when neither the
+    operator nor the prior implies the shape of the unknown.  Remaining keyword
+    arguments are the method's hyperparameters.
+    """
+    cls = _method_class(method)
+    algorithm = _build_method(cls, method_options)
+    if not hasattr(operator, "output_shape"):
+        if not callable(operator):
+            raise TypeError(f"operator must be an operators.Operator or a callable, got {type(operator).__name__}")
+        operator = FunctionOperator(operator)
+    check_prior(prior)
+    _check_needs(cls, operator, prior)
+    noise_sigma = 0.0 if noise_sigma is None else float(noise_sigma)
+    check_measurement(measurement, noise_sigma, operator)
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    shape = infer_x_shape(measurement, operator, prior, x_shape)
+    steps = cls.default_steps if steps is None else int(steps)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    seed = int.from_bytes(os.urandom(7), "little") if seed is None else int(seed)
+
+    device = getattr(prior, "device", None) or measurement.device
+    dtype = getattr(prior, "dtype", None) or measurement.dtype
+    y = measurement.to(device=device, dtype=dtype).repeat(num_samples, *([1] * (measurement.ndim - 1)))
+    counted = CountingPrior(prior)
+    problem = Problem(
+        y=y,
+        operator=operator,
+        prior=counted,
+        x_shape=(num_samples * shape[0], *shape[1:]),
+        noise_sigma=noise_sigma,
+        steps=steps,
+        generator=torch.Generator(device=device).manual_seed(seed),
+        callback=callback,
+        progress=progress,
+    )
+    algorithm = algorithm.resolved(problem)
+    calls_before = getattr(operator, "forward_calls", 0)
+    start = time.perf_counter()
+    x = algorithm.run(problem).detach()
+    seconds = time.perf_counter() - start
+    rows = y.shape[0]
+    return Result(
+        samples=x.reshape(num_samples, *shape),
+        nfe=counted.items / rows,
+        operator_calls=(getattr(operator, "forward_calls", 0) - calls_before) / rows,
+        seconds=seconds,
+        method=cls.name,
+        options={
+            **algorithm.options(),
+            "steps": steps,
+            "seed": seed,
+            "noise_sigma": noise_sigma,
+            "num_samples": num_samples,
+        },
+    )

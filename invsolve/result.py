@@ -1,0 +1,35 @@
+"""The value returned by :func:`invsolve.solve`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+
+@dataclass
+class Result:
+    """Restorations and what it cost to get them.
+
+    ``samples`` has shape ``(num_samples, B, *x_shape)``; ``image`` is the first
+    sample and ``mean`` the average over samples (both ``(B, *x_shape)``).  ``nfe``
+    counts network evaluations per solved sample; ``operator_calls`` forward
+    evaluations of the operator per solved sample; ``seconds`` is wall time;
+    ``options`` holds every resolved hyperparameter, the seed included.
+    """
+
+    samples: Tensor
+    nfe: float
+    operator_calls: float
+    seconds: float
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def image(self) -> Tensor:
+        return self.samples[0]
+
+    @property
+    def mean(self) -> Tensor:
+        return self.samples.mean(0)

@@ -1,0 +1,80 @@
+"""Checks run by ``solve()`` before any work, each with a message that says what to do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from priors.base import is_latent_prior, is_prior
+
+
+def capabilities(operator: Any, prior: Any) -> frozenset[str]:
+    """What the operator and prior offer, in the vocabulary of ``Method.needs``."""
+    caps = set(getattr(operator, "capabilities", {"forward", "vjp"}))
+    caps.add("latent" if is_latent_prior(prior) else "pixel")
+    return frozenset(caps)
+
+
+def missing_needs(needs: tuple[str, ...], caps: frozenset[str]) -> list[str]:
+    """The entries of ``needs`` (``"a|b"`` = either) that ``caps`` does not cover."""
+    return [need for need in needs if not set(need.split("|")) & caps]
+
+
+def check_prior(prior: Any) -> None:
+    if not is_prior(prior):
+        raise TypeError(
+            f"{type(prior).__name__} is not a prior: a prior needs denoise(x, sigma), "
+            "sigma_min and sigma_max (see priors.Prior)"
+        )
+
+
+def check_measurement(y: Tensor, noise_sigma: float, operator: Any) -> None:
+    if not isinstance(y, Tensor):
+        raise TypeError(f"measurement must be a torch.Tensor, got {type(y).__name__}")
+    if not y.is_floating_point():
+        raise ValueError(
+            f"measurement has dtype {y.dtype}; images must be float in [-1, 1] "
+            "(convert uint8 with invsolve.io.to_model_range)"
+        )
+    if not torch.isfinite(y).all():
+        raise ValueError("measurement contains NaN or inf values")
+    if noise_sigma < 0:
+        raise ValueError(f"noise_sigma must be >= 0, got {noise_sigma}")
+    if getattr(operator, "output_in_image_range", False):
+        margin = 0.5 + 6 * noise_sigma
+        lo, hi = y.min().item(), y.max().item()
+        if lo < -1 - margin or hi > 1 + margin:
+            raise ValueError(
+                f"measurement values span [{lo:.3g}, {hi:.3g}], far outside [-1, 1]: invsolve "
+                "expects images in [-1, 1]; convert [0, 255] with x / 127.5 - 1 and [0, 1] "
+                "with 2 * x - 1 (invsolve.io.to_model_range)"
+            )
+
+
+def infer_x_shape(y: Tensor, operator: Any, prior: Any, x_shape: tuple[int, ...] | None) -> tuple[int, ...]:
+    """Shape of the unknown for one measurement batch, checked against the operator."""
+    if x_shape is None:
+        implied = operator.input_shape(tuple(y.shape)) if hasattr(operator, "input_shape") else None
+        data_shape = getattr(prior, "data_shape", None)
+        if implied is not None:
+            x_shape = implied
+        elif data_shape is not None and not is_latent_prior(prior):
+            x_shape = (y.shape[0], *data_shape)
+        else:
+            x_shape = tuple(y.shape)
+    x_shape = tuple(x_shape)
+    try:
+        expected = tuple(operator.output_shape(x_shape))
+    except ValueError as err:
+        raise ValueError(f"the operator rejects inputs of shape {x_shape}: {err}") from None
+    if expected != tuple(y.shape):
+        raise ValueError(
+            f"measurement shape {tuple(y.shape)} does not match the operator: "
+            f"{type(operator).__name__} maps inputs {x_shape} to {expected}"
+        )
+    data_shape = getattr(prior, "data_shape", None)
+    if data_shape is not None and not is_latent_prior(prior) and tuple(x_shape[1:]) != tuple(data_shape):
+        raise ValueError(f"the prior models data of shape {tuple(data_shape)}, the unknown is {x_shape[1:]}")
+    return x_shape
