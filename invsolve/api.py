@@ -13,8 +13,16 @@ from torch import Tensor
 from invsolve.counting import CountingPrior
 from invsolve.result import Result
 from invsolve.samplers import Problem, registered
-from invsolve.validation import capabilities, check_measurement, check_prior, infer_x_shape, missing_needs
+from invsolve.validation import (
+    capabilities,
+    check_measurement,
+    check_prior,
+    infer_x_shape,
+    missing_needs,
+    needs_tiling,
+)
 from operators.base import FunctionOperator
+from priors.tiled import Tiled
 
 
 def methods() -> dict[str, str]:
@@ -76,6 +84,13 @@ def solve(
     ``Result.options`` when ``None``).  ``x_shape`` is needed only when neither the
     operator nor the prior implies the shape of the unknown.  Remaining keyword
     arguments are the method's hyperparameters.
+
+    A prior with a fixed ``data_shape`` (an attention UNet, in latent units for a
+    latent prior) and an unknown of another height or width is wrapped in
+    :class:`priors.Tiled` (shifted overlapping tiles, default settings) and the tiling
+    is recorded in ``Result.options["tiling"]``; for other settings pass
+    ``Tiled(prior, ...)`` yourself.  A ``Tiled`` prior is reseeded with ``seed``, so
+    the same seed gives the same result.
     """
     cls = _method_class(method)
     algorithm = _build_method(cls, method_options)
@@ -94,6 +109,10 @@ def solve(
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     seed = int.from_bytes(os.urandom(7), "little") if seed is None else int(seed)
+    if needs_tiling(prior, shape):
+        prior = Tiled(prior)
+    if isinstance(prior, Tiled):
+        prior.reseed(seed)
 
     device = getattr(prior, "device", None) or measurement.device
     dtype = getattr(prior, "dtype", None) or measurement.dtype
@@ -116,6 +135,7 @@ def solve(
     x = algorithm.run(problem).detach()
     seconds = time.perf_counter() - start
     rows = y.shape[0]
+    tiling = {"tiling": prior.options()} if isinstance(prior, Tiled) else {}
     return Result(
         samples=x.reshape(num_samples, *shape),
         nfe=counted.items / rows,
@@ -128,5 +148,6 @@ def solve(
             "seed": seed,
             "noise_sigma": noise_sigma,
             "num_samples": num_samples,
+            **tiling,
         },
     )

@@ -74,7 +74,33 @@ def infer_x_shape(y: Tensor, operator: Any, prior: Any, x_shape: tuple[int, ...]
             f"measurement shape {tuple(y.shape)} does not match the operator: "
             f"{type(operator).__name__} maps inputs {x_shape} to {expected}"
         )
-    data_shape = getattr(prior, "data_shape", None)
-    if data_shape is not None and not is_latent_prior(prior) and tuple(x_shape[1:]) != tuple(data_shape):
-        raise ValueError(f"the prior models data of shape {tuple(data_shape)}, the unknown is {x_shape[1:]}")
+    needs_tiling(prior, x_shape)
     return x_shape
+
+
+def needs_tiling(prior: Any, x_shape: tuple[int, ...]) -> bool:
+    """Whether a fixed-size image prior must be tiled (:class:`priors.Tiled`) to model an
+    unknown of batch shape ``x_shape`` (pixels).
+
+    The prior's ``data_shape`` is compared with one item of the unknown, in latent
+    units for a latent prior (``prior.latent_shape(x_shape)``).  Any other height or
+    width, larger or smaller, is tiled: axes longer than the prior's size are covered
+    by overlapping tiles, shorter ones are reflected up to it and cropped back.  A
+    ``ValueError`` says when tiling cannot help (other channels, or non-image data).
+    """
+    data_shape = getattr(prior, "data_shape", None)
+    if data_shape is None:
+        return False
+    data_shape = tuple(data_shape)
+    latent = is_latent_prior(prior)
+    item = tuple(prior.latent_shape(tuple(x_shape)))[1:] if latent else tuple(x_shape[1:])
+    if item == data_shape:
+        return False
+    if len(item) == 3 and len(data_shape) == 3 and item[0] == data_shape[0]:
+        return True
+    kind = "latents" if latent else "data"
+    hint = (
+        f"; the unknown needs {data_shape[0]} channels" if len(item) == len(data_shape) == 3
+        else "; only image priors (C, H, W) adapt to other sizes"
+    )
+    raise ValueError(f"the prior models {kind} of shape {data_shape}, the unknown's is {item}{hint}")

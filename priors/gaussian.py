@@ -116,9 +116,11 @@ class GaussianMixturePrior(Prior):
     def posterior(self, A: Tensor, y: Tensor, noise_sigma: float) -> "GaussianMixturePrior":
         r"""Exact posterior ``p(x0 | y)`` for ``y = A x0 + noise_sigma * eps`` (vector data).
 
-        Each component updates as a linear-Gaussian model (Bishop 2006, §2.3.3):
-        ``S_k = (C_k^{-1} + A^T A / s^2)^{-1}``, ``m_k = S_k (C_k^{-1} mu_k + A^T y / s^2)``,
-        weight ``∝ w_k N(y; A mu_k, A C_k A^T + s^2 I)``.
+        Each component updates as a linear-Gaussian model (Bishop 2006, §2.3.3), written
+        with the Kalman gain so that singular (PSD) covariances work too:
+        ``G_k = C_k A^T (A C_k A^T + s^2 I)^{-1}``, ``m_k = mu_k + G_k (y - A mu_k)``,
+        ``S_k = (I - G_k A) C_k (I - G_k A)^T + s^2 G_k G_k^T`` (Joseph form, PSD by
+        construction), weight ``∝ w_k N(y; A mu_k, A C_k A^T + s^2 I)``.
         """
         if len(self.data_shape) != 1:
             raise ValueError("posterior() is defined for vector data (d,)")
@@ -131,9 +133,11 @@ class GaussianMixturePrior(Prior):
         Q = torch.eye(d, dtype=mu.dtype).expand(len(w), d, d) if Q is None else Q
         C = Q @ torch.diag_embed(lam) @ Q.transpose(1, 2)
         s2 = noise_sigma**2
-        S = torch.linalg.inv(torch.linalg.inv(C) + A.T @ A / s2)
-        m = torch.einsum("kij,kj->ki", S, torch.linalg.solve(C, mu) + (A.T @ y / s2)[None])
         cov_y = A @ C @ A.T + s2 * torch.eye(A.shape[0], dtype=A.dtype)
+        gain = torch.linalg.solve(cov_y, A @ C).transpose(1, 2)
+        m = mu + torch.einsum("kij,kj->ki", gain, y[None] - mu @ A.T)
+        keep = torch.eye(d, dtype=mu.dtype) - gain @ A
+        S = keep @ C @ keep.transpose(1, 2) + s2 * gain @ gain.transpose(1, 2)
         log_w = w.log() + torch.distributions.MultivariateNormal(mu @ A.T, cov_y).log_prob(y)
         return GaussianMixturePrior(
             torch.softmax(log_w, 0), m, (S + S.transpose(1, 2)) / 2, self.sigma_min, self.sigma_max

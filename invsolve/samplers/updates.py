@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -29,3 +30,43 @@ def ddim_step(
     if c > 0:
         x = x + c * torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     return x
+
+
+def spectral_measurement(svd: Any, y: Tensor, x_shape: tuple[int, ...], rtol: float = 1e-6) -> tuple[Tensor, Tensor]:
+    """``(s, ybar)`` in the flat spectral coordinates ``V^T x`` of ``A = U diag(s) V^T``.
+
+    Both have shape ``(rows, n)``: ``s`` holds the singular values padded with zeros over
+    the null space, ``ybar_i = (U^T y)_i / s_i`` where ``s_i > 0`` and 0 elsewhere.  A
+    problem's rows are ``num_samples`` copies of the measurement batch, so per-batch
+    values ``(B, k)`` repeat ``rows // B`` times.  Values below ``rtol * max(s)`` (per
+    batch item) count as null space.
+    """
+    rows = x_shape[0]
+    n = svd.Vt(torch.zeros(x_shape, device=y.device, dtype=y.dtype)).shape[1]
+    sv = svd.singular_values.to(device=y.device, dtype=y.dtype)
+    sv = sv if sv.ndim == 2 else sv[None]
+    if rows % sv.shape[0]:
+        raise ValueError(f"singular values for a batch of {sv.shape[0]} do not fit {rows} rows")
+    sv = sv.repeat(rows // sv.shape[0], 1)
+    k = sv.shape[1]
+    s = torch.zeros(rows, n, device=y.device, dtype=y.dtype)
+    s[:, :k] = torch.where(sv > rtol * sv.amax(dim=1, keepdim=True), sv, torch.zeros_like(sv))
+    ybar = torch.zeros_like(s)
+    ybar[:, :k] = svd.Ut(y)[:, :k]
+    ybar = torch.where(s > 0, ybar / torch.where(s > 0, s, torch.ones_like(s)), torch.zeros_like(s))
+    return s, ybar
+
+
+def misfit_gradient(operator: Any, x: Tensor, y: Tensor) -> Tensor:
+    """``J_A(x)^T (A(x) - y)``: the gradient of ``||A(x) - y||^2 / 2``, row by row.
+
+    A linear operator's ``adjoint`` gives it exactly and cheaply; otherwise it is
+    autograd's vector-Jacobian product through ``A`` (never through a network).
+    """
+    if "adjoint" in getattr(operator, "capabilities", ()):
+        return operator.adjoint(operator(x) - y)
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        misfit = 0.5 * (operator(x) - y).pow(2).sum()
+        (grad,) = torch.autograd.grad(misfit, x)
+    return grad

@@ -1,0 +1,55 @@
+"""Argument parsing shared by the subcommands: ``key=value`` options and devices."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable
+
+import torch
+
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_BOOLEANS = {"true": True, "false": False}
+
+
+def parse_value(text: str) -> int | float | bool | str:
+    """``"3"`` → 3, ``"0.5"`` / ``"1e-3"`` → float, ``"true"`` / ``"false"`` → bool, else the string."""
+    if text.lower() in _BOOLEANS:
+        return _BOOLEANS[text.lower()]
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            continue
+    return text
+
+
+def parse_key_values(items: Iterable[str], option: str) -> dict[str, Any]:
+    """``["kernel_size=5", "sigma=1.5"]`` → ``{"kernel_size": 5, "sigma": 1.5}``.
+
+    ``option`` names the command-line flag in error messages.
+    """
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not _KEY.match(key) or not value.strip():
+            raise ValueError(f"{option} expects KEY=VALUE with a Python name as KEY, got {item!r}")
+        if key in parsed:
+            raise ValueError(f"{option} {key} is given twice")
+        parsed[key] = parse_value(value.strip())
+    return parsed
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``None`` → CUDA when available, else CPU; otherwise the named device, checked."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("CUDA is not available on this machine; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {name!r}; use cpu or cuda")
+    return device

@@ -1,0 +1,190 @@
+"""``invsolve restore``: restore one image with a diffusion prior.
+
+Either simulate the measurement from a clean image (``INPUT``) or take an already
+degraded one (``--measurement FILE``), then sample a restoration with ``solve()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+import operators
+import priors
+from operators.base import Operator
+from invsolve import io
+from invsolve.api import methods, solve
+from invsolve.commands._arguments import parse_key_values, resolve_device
+from invsolve.metrics import psnr
+from invsolve.result import Result
+from invsolve.validation import infer_x_shape
+
+#: The simulated measurement noise uses ``seed + MEASUREMENT_SEED_OFFSET`` so that it
+#: is independent of the sampler's noise, which uses ``seed``.
+MEASUREMENT_SEED_OFFSET = 1
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "restore",
+        help="restore an image (simulated or given measurement) with a diffusion prior",
+        description=(
+            "Restore an image. With INPUT (a clean image) the measurement y = A(x) + noise is simulated "
+            "and written beside the output as OUT.measurement.png; with --measurement FILE an already "
+            "degraded image is restored and INPUT, if given, is only the reference for PSNR."
+        ),
+    )
+    parser.add_argument("input", nargs="?", metavar="INPUT", help="clean image (may be omitted with --measurement)")
+    parser.add_argument("--operator", required=True, metavar="NAME", help="forward operator (see 'invsolve list')")
+    parser.add_argument(
+        "--operator-arg", action="append", default=[], metavar="KEY=VALUE",
+        help="operator argument, repeatable (values parse as int, float, true/false, else text)",
+    )
+    parser.add_argument(
+        "--noise-sigma", type=float, default=0.05,
+        help="measurement noise std on the [-1, 1] scale (default 0.05)",
+    )
+    parser.add_argument("--prior", required=True, metavar="PATH_OR_ID", help="diffusers folder or hub id")
+    parser.add_argument("--method", default="dps", help="sampling method (default dps; see 'invsolve list')")
+    parser.add_argument(
+        "--method-arg", action="append", default=[], metavar="KEY=VALUE",
+        help="method hyperparameter, repeatable (e.g. step_size=0.5)",
+    )
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the method's paper value)")
+    parser.add_argument(
+        "--seed", type=int, default=0,
+        help=f"seed of the sampler (the simulated noise uses seed + {MEASUREMENT_SEED_OFFSET}); default 0",
+    )
+    parser.add_argument(
+        "--num-samples", type=int, default=1,
+        help="posterior samples; with more than one, OUT is their mean and OUT.sampleK.png each sample",
+    )
+    parser.add_argument(
+        "--size", type=int, default=None, metavar="S",
+        help="centre-crop and resize INPUT to S x S (default: the prior's size, if it has one)",
+    )
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--measurement", metavar="FILE", help="an already degraded image to restore")
+    parser.add_argument("--output", "-o", required=True, metavar="OUT.png", help="where to write the restoration")
+    parser.add_argument("--compare", action="store_true", help="also write OUT.compare.png: clean | measured | restored")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_arguments(args)
+    known_methods = methods()
+    if args.method not in known_methods:
+        raise ValueError(f"unknown method {args.method!r}; known methods: {', '.join(sorted(known_methods))}")
+    method_options = parse_key_values(args.method_arg, "--method-arg")
+    operator = operators.build(args.operator, **parse_key_values(args.operator_arg, "--operator-arg"))
+    device = resolve_device(args.device)
+
+    prior = priors.load_prior(args.prior, device=device)
+    latent = priors.is_latent_prior(prior)
+    mode = _image_mode(prior, latent)
+    size = args.size or _prior_size(prior, latent)
+    notes = []
+    clean = None
+    if args.input:
+        clean = io.load_image(args.input, size=size, mode=mode).to(device)
+        if args.size is None and size is not None:
+            notes.append(f"INPUT centre-cropped and resized to {size[0]}x{size[1]}, the prior's size")
+    y = _measurement(args, operator, clean, mode, device)
+    try:
+        x_shape = infer_x_shape(y, operator, prior, None if clean is None else tuple(clean.shape))
+    except ValueError as err:
+        source = f"--measurement {args.measurement}" if args.measurement else "the simulated measurement"
+        raise ValueError(f"{source}: {err}") from None
+
+    result = solve(
+        y, operator, prior, method=args.method, steps=args.steps, seed=args.seed,
+        num_samples=args.num_samples, noise_sigma=args.noise_sigma, progress=not args.quiet,
+        x_shape=x_shape, **method_options,
+    )
+    restored = result.mean if args.num_samples > 1 else result.image
+    written = [io.save_image(restored, args.output)]
+    if not args.measurement:
+        if _is_image(operator, y):
+            written.append(io.save_image(y, io.sibling_path(args.output, "measurement")))
+        else:
+            notes.append(f"measurement not written: operator {args.operator!r} does not output an image")
+    if args.num_samples > 1:
+        for k, sample in enumerate(result.samples):
+            written.append(io.save_image(sample, io.sibling_path(args.output, f"sample{k}")))
+    if args.compare:
+        panels = [image for image in (clean, y if _is_image(operator, y) else None, restored) if image is not None]
+        written.append(io.side_by_side(panels, io.sibling_path(args.output, "compare")))
+
+    for note in notes:
+        print(f"note: {note}")
+    print(_summary(result, restored, clean, y, written))
+    return 0
+
+
+def _measurement(args: argparse.Namespace, operator: Operator, clean: Tensor | None, mode: str, device: torch.device) -> Tensor:
+    """The ``--measurement`` image, or ``A(clean) + noise`` drawn from ``seed + MEASUREMENT_SEED_OFFSET``."""
+    if args.measurement:
+        if not getattr(operator, "output_in_image_range", False):
+            raise ValueError(f"operator {args.operator!r} does not measure images, so --measurement cannot be used")
+        return io.load_image(args.measurement, mode=mode).to(device)
+    generator = torch.Generator(device=device).manual_seed(args.seed + MEASUREMENT_SEED_OFFSET)
+    return operator.measure(clean, args.noise_sigma, generator=generator)
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Cheap checks that run before anything is loaded."""
+    if args.input is None and args.measurement is None:
+        raise ValueError("give INPUT (a clean image to degrade) or --measurement FILE (a degraded image)")
+    for path in (args.input, args.measurement):
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"no image file at {path!r}")
+    if args.size is not None and args.input is None:
+        raise ValueError("--size resizes INPUT; a --measurement image is used at its own size")
+    if args.size is not None and args.size < 1:
+        raise ValueError(f"--size must be >= 1, got {args.size}")
+    if args.noise_sigma < 0:
+        raise ValueError(f"--noise-sigma must be >= 0, got {args.noise_sigma}")
+    if args.num_samples < 1:
+        raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    io.check_output_path(args.output)
+
+
+def _image_mode(prior: object, latent: bool) -> str:
+    """``"L"`` or ``"RGB"`` from the prior's channel count (pixel priors; latent priors decode RGB)."""
+    shape = getattr(prior, "data_shape", None)
+    if latent:
+        channels = 3
+    elif shape is not None:
+        channels = shape[0]
+    else:
+        channels = getattr(prior, "channels", 3)
+    if channels not in (1, 3):
+        raise ValueError(f"the prior models {channels}-channel data; image files give 1 or 3 channels")
+    return "L" if channels == 1 else "RGB"
+
+
+def _prior_size(prior: object, latent: bool) -> tuple[int, int] | None:
+    shape = getattr(prior, "data_shape", None)
+    return None if latent or shape is None else (int(shape[1]), int(shape[2]))
+
+
+def _is_image(operator: object, y: Tensor) -> bool:
+    """Whether the measurement ``y`` can be shown as one image file."""
+    in_range = getattr(operator, "output_in_image_range", False)
+    return bool(in_range) and y.ndim == 4 and y.shape[0] == 1 and y.shape[1] in (1, 3)
+
+
+def _summary(result: Result, restored: Tensor, clean: Tensor | None, y: Tensor, written: list[Path]) -> str:
+    parts = [f"{result.method}, {result.options['steps']} steps, NFE {result.nfe:g}, {result.seconds:.2f} s"]
+    if clean is not None:
+        quality = f"PSNR {psnr(restored.float().cpu(), clean.float().cpu()).item():.2f} dB"
+        if y.shape == clean.shape:
+            quality += f" (measurement {psnr(y.float().cpu(), clean.float().cpu()).item():.2f} dB)"
+        parts.append(quality)
+    return "restored: " + ", ".join(parts) + "; wrote " + ", ".join(str(path) for path in written)

@@ -1,0 +1,100 @@
+"""Per-image work: load, measure, restore with each pending method, score, save."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from invsolve import io
+from invsolve.api import solve
+from invsolve.evaluation.baseline import NO_LEARNING, no_learning
+from invsolve.evaluation.dataset import ImageEntry, image_seed
+from invsolve.evaluation.layout import OutputLayout
+from invsolve.evaluation.memory import peak_memory_mib, reset_peak_memory
+from invsolve.metrics import LPIPS, psnr, ssim
+
+#: What decoding a broken or non-image file can raise (PIL reports most problems as OSError).
+UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+@dataclass
+class ImageEvaluator:
+    """Runs every pending method on one image and returns one ``metrics.csv`` row per method.
+
+    The measurement ``y = A(x) + noise`` is simulated on the CPU from a generator
+    seeded by the image's key and ``seed`` (:func:`dataset.image_seed`), so every
+    method, rerun and process sees the same ``y``; the samplers get their own seed
+    from the same key.  Restorations are clamped to [-1, 1] and scored against the
+    ground truth on the [0, 1] scale.
+    """
+
+    operator: Any
+    prior: Any
+    layout: OutputLayout
+    noise_sigma: float
+    seed: int
+    size: tuple[int, int]
+    mode: str
+    steps: int | None
+    metrics: tuple[str, ...]
+    lpips: LPIPS | None
+    device: torch.device
+    progress: bool = False
+
+    def read(self, entry: ImageEntry) -> Tensor:
+        """The ground truth ``(1, C, H, W)`` in [-1, 1], centre-cropped and resized; raises on unreadable files."""
+        return io.load_image(entry.path, size=self.size, mode=self.mode)
+
+    def measure(self, entry: ImageEntry, x: Tensor) -> Tensor:
+        """The seeded measurement of ``x``; writes ``x`` to ``OUT/ground_truth`` and, when it is an
+        image, the measurement to ``OUT/measurement``."""
+        io.save_image(x, self.layout.ground_truth(entry.name))
+        generator = torch.Generator().manual_seed(image_seed(entry.key, self.seed, "measurement"))
+        y = self.operator.measure(x, self.noise_sigma, generator=generator)
+        if is_image(y) and getattr(self.operator, "output_in_image_range", False):
+            io.save_image(y, self.layout.measurement(entry.name))
+        return y
+
+    def restore(self, entry: ImageEntry, x: Tensor, y: Tensor, method: str) -> dict[str, Any] | None:
+        """Restore with ``method``, save the PNG and return its row (``None``: no baseline exists)."""
+        reset_peak_memory(self.device)
+        if method == NO_LEARNING:
+            start = time.perf_counter()
+            restored = no_learning(self.operator, y, tuple(x.shape))
+            seconds, nfe = time.perf_counter() - start, 0.0
+            if restored is None:
+                return None
+        else:
+            result = solve(
+                y.to(self.device), self.operator, self.prior, method=method, steps=self.steps,
+                seed=image_seed(entry.key, self.seed, "sampler"), noise_sigma=self.noise_sigma,
+                progress=self.progress, x_shape=tuple(x.shape),
+            )
+            restored, seconds, nfe = result.image, result.seconds, float(result.nfe)
+        restored = restored.detach().float().cpu().clamp(-1, 1)
+        io.save_image(restored, self.layout.restoration(method, entry.name))
+        return {
+            "image": entry.key, "name": entry.name, "method": method, **self.score(restored, x),
+            "nfe": nfe, "seconds": seconds, "peak_memory_mib": peak_memory_mib(self.device),
+        }
+
+    def score(self, restored: Tensor, x: Tensor) -> dict[str, float | None]:
+        """PSNR, SSIM and LPIPS of ``restored`` against ``x`` (``None``: not asked for or unavailable)."""
+        scores: dict[str, float | None] = {"psnr": None, "ssim": None, "lpips": None}
+        if "psnr" in self.metrics:
+            scores["psnr"] = float(psnr(restored, x)[0])
+        if "ssim" in self.metrics:
+            scores["ssim"] = float(ssim(restored, x)[0])
+        if "lpips" in self.metrics and self.lpips is not None and self.lpips.available:
+            scores["lpips"] = float(self.lpips(restored, x)[0])
+        return scores
+
+
+def is_image(y: Tensor) -> bool:
+    """Whether ``y`` can be written as a picture: ``(1, C, H, W)`` with 1 or 3 channels."""
+    return y.ndim == 4 and y.shape[0] == 1 and y.shape[1] in (1, 3)

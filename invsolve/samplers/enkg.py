@@ -1,0 +1,205 @@
+"""Ensemble Kalman diffusion guidance (EnKG): derivative-free posterior sampling."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from invsolve.samplers.base import Method, Problem, register
+from invsolve.schedules import karras_sigmas
+
+
+def in_chunks(fn: Callable[[Tensor], Tensor], x: Tensor, batch_size: int | None) -> Tensor:
+    """``fn`` applied to ``x`` in consecutive row chunks of at most ``batch_size`` rows."""
+    if batch_size is None or x.shape[0] <= batch_size:
+        return fn(x)
+    return torch.cat([fn(chunk) for chunk in x.split(batch_size)])
+
+
+def kalman_increment(x: Tensor, predicted: Tensor, y: Tensor, eta: float) -> Tensor:
+    r"""The EnKG correction ``-(eta / ||M||_F) Delta`` for ensembles ``(G, J, ...)``.
+
+    With errors ``e^j = G(x0^j) - y``, ``M_jk = <e^j, G(x0^k) - mean_k G(x0^k)> / J``
+    and ``Delta^j = sum_k M_jk (x^k - mean_k x^k)``.  ``Delta`` is the ensemble
+    (statistical-linearisation) estimate of ``C_xx0 grad ||G(x0) - y||^2 / 2``, a
+    preconditioned gradient that needs no derivative of ``G``.  Ensembles whose
+    ``M`` vanishes (all predictions equal) are left unchanged.
+    """
+    groups, size = x.shape[:2]
+    x = x.reshape(groups, size, -1)
+    predicted = predicted.reshape(groups, size, -1)
+    errors = predicted - y.reshape(groups, 1, -1)
+    spread = predicted - predicted.mean(dim=1, keepdim=True)
+    M = errors @ spread.transpose(1, 2) / size
+    delta = M @ (x - x.mean(dim=1, keepdim=True))
+    norm = torch.linalg.matrix_norm(M)
+    step = torch.where(norm > 0, eta / norm.clamp_min(torch.finfo(norm.dtype).tiny), torch.zeros_like(norm))
+    return -(step[:, None, None] * delta)
+
+
+@register
+@dataclass
+class EnKG(Method):
+    r"""Ensemble Kalman diffusion guidance (Zheng et al., "Ensemble Kalman Diffusion
+    Guidance: A Derivative-free Method for Inverse Problems", arXiv:2409.20175, 2024).
+
+    Needs only forward evaluations of the operator ``G``: no gradient, adjoint or
+    pseudo-inverse, and no backpropagation through the network, so it accepts
+    black-box simulators (:class:`operators.BlackBox`).
+
+    An ensemble of ``J`` particles ``x^j`` starts from ``N(0, sigma_max^2 I)`` and
+    follows the probability-flow ODE ``dx/dsigma = (x - D(x, sigma)) / sigma`` on
+    the EDM grid (Karras et al. 2022; ``sigma_max`` 80 → ``sigma_min`` 0.002, ``rho``
+    7, clipped to the prior's range), one Euler step per level.  Before the Euler
+    step of each guided level ``i`` (all but the first and last ``skip_fraction``
+    of the ``N`` steps), the ensemble is corrected ``updates`` (``U``) times:
+
+    1. ``x0^j`` = the end of a short probability-flow ODE solve from ``x^j`` at
+       ``sigma_i``: ``K_i = min(1 + (N - i) // ode_step_divisor, max_ode_steps)``
+       Euler steps on an EDM grid from ``sigma_i`` down to ``sigma_min`` and to 0
+       (``K_i = 1`` is the plain denoiser ``D(x^j, sigma_i)``);
+    2. ``y^j = G(x0^j)``, ``e^j = y^j - y``;
+    3. ``M_jk = <e^j, y^k - ybar> / J``, ``Delta^j = sum_k M_jk (x^k - xbar)``;
+    4. ``x^j <- x^j - (eta / ||M||_F) Delta^j``.
+
+    The measurement noise level does not enter the update (the step is normalised
+    by ``||M||_F``); ``noise_sigma`` is on the [-1, 1] scale like the paper's.
+    Because the normalised step does not shrink as the data are fitted, EnKG acts
+    as an ensemble-preconditioned optimiser of ``||G(x0) - y||^2`` more than as a
+    calibrated sampler: the ensemble contracts, typically narrower than the
+    posterior (on the 8-d Gaussian-mixture benchmark it ends at 3–20 % of the
+    prior's sliced Wasserstein distance to the exact posterior).
+
+    Ensembles and samples: every distinct measurement (row of ``y``) gets its own
+    ensemble of ``max(ensemble_size, copies)`` particles, where ``copies`` is how
+    often that measurement occurs among the problem's rows (``num_samples`` under
+    :func:`invsolve.solve`); the ``copies`` rows receive that ensemble's first
+    particles.  So ``solve(..., num_samples=J, ensemble_size=J)`` returns a whole
+    ensemble, and ``num_samples=1`` returns one particle of a ``J``-particle
+    ensemble.  The particles interact through the update, so samples of one
+    ensemble are exchangeable but not independent.
+
+    Cost per particle: 1 NFE per unguided step, ``U K_i + 1`` NFE and ``U`` operator
+    calls per guided step (1,588 NFE and 142 operator calls at the defaults: 71 guided levels);
+    :class:`invsolve.Result` reports these per returned sample, i.e. multiplied by
+    the ensemble size over ``num_samples``.  Network and operator are evaluated in
+    chunks of ``batch_size`` particles (``None``: all at once), which bounds memory
+    without changing the result.  Defaults are the paper's for images: ``J`` = 1024,
+    ``U`` = 2, ``eta`` = 2.
+    """
+
+    name = "enkg"
+    needs = ("forward", "pixel")
+    default_steps = 80
+    summary = "ensemble Kalman guidance (derivative-free: forward evaluations of the operator only)"
+
+    ensemble_size: int = 1024
+    updates: int = 2
+    eta: float = 2.0
+    skip_fraction: float = 0.05
+    ode_step_divisor: int = 4
+    max_ode_steps: int = 20
+    sigma_max: float = 80.0
+    sigma_min: float = 0.002
+    rho: float = 7.0
+    batch_size: int | None = 128
+
+    def __post_init__(self) -> None:
+        if self.ensemble_size < 2:
+            raise ValueError(
+                f"ensemble_size must be >= 2 (the update uses ensemble covariances), got {self.ensemble_size}"
+            )
+        if self.updates < 0:
+            raise ValueError(f"updates must be >= 0, got {self.updates}")
+        if not self.eta > 0:
+            raise ValueError(f"eta must be > 0, got {self.eta}")
+        if not 0 <= self.skip_fraction < 0.5:
+            raise ValueError(f"skip_fraction must be in [0, 0.5), got {self.skip_fraction}")
+        if self.ode_step_divisor < 1 or self.max_ode_steps < 1:
+            raise ValueError("ode_step_divisor and max_ode_steps must be >= 1")
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 or None, got {self.batch_size}")
+
+    def ode_steps(self, i: int, steps: int) -> int:
+        """``K_i``, the Euler steps of the x0 prediction at level ``i`` of ``steps``."""
+        return min(1 + (steps - i) // self.ode_step_divisor, self.max_ode_steps)
+
+    def is_guided(self, i: int, steps: int) -> bool:
+        """Whether level ``i`` gets the ensemble update (not the first nor the last ``skip_fraction``).
+
+        As in the authors' code: ``skip_fraction * N < i < N - floor(skip_fraction * N)``.
+        """
+        return self.skip_fraction * steps < i < steps - int(self.skip_fraction * steps)
+
+    def _levels(self, problem: Problem) -> tuple[float, float]:
+        lo = max(self.sigma_min, problem.prior.sigma_min)
+        hi = min(self.sigma_max, problem.prior.sigma_max)
+        if not lo < hi:
+            raise ValueError(
+                f"the prior's noise range [{problem.prior.sigma_min}, {problem.prior.sigma_max}] does not "
+                f"overlap EnKG's [{self.sigma_min}, {self.sigma_max}]; set sigma_min / sigma_max"
+            )
+        return lo, hi
+
+    def _predict_x0(self, problem: Problem, x: Tensor, sigma: float, steps: int, sigma_end: float) -> Tensor:
+        """End point of ``steps`` Euler steps of the probability-flow ODE from ``sigma`` to 0."""
+        grid = karras_sigmas(steps, sigma_end, sigma, self.rho).tolist()
+        for s, s_next in zip(grid[:-1], grid[1:]):
+            x = euler_step(x, problem.denoise(x, s), s, s_next)
+        return x
+
+    def _predict_measurements(self, problem: Problem, x: Tensor, sigma: float, steps: int, sigma_end: float) -> Tensor:
+        """``G(x0)`` for the probability-flow prediction ``x0`` of every particle in ``x``."""
+        return problem.operator(self._predict_x0(problem, x, sigma, steps, sigma_end))
+
+    def run(self, problem: Problem) -> Tensor:
+        y, size, returned = ensemble_layout(problem.y, self.ensemble_size)
+        num_groups = y.shape[0]
+        sigma_end, sigma_start = self._levels(problem)
+        sigmas = karras_sigmas(problem.steps, sigma_end, sigma_start, self.rho).tolist()
+        steps = len(sigmas) - 1
+        x = sigma_start * problem.randn((num_groups * size, *problem.x_shape[1:]))
+        with torch.no_grad():
+            for i in problem.iterate(range(steps), self.name):
+                sigma, sigma_next = sigmas[i], sigmas[i + 1]
+                if self.is_guided(i, steps):
+                    k = self.ode_steps(i, steps)
+                    predict = partial(self._predict_measurements, problem, sigma=sigma, steps=k, sigma_end=sigma_end)
+                    for _ in range(self.updates):
+                        predicted = in_chunks(predict, x, self.batch_size)
+                        x = x + kalman_increment(
+                            x.reshape(num_groups, size, -1), predicted.reshape(num_groups, size, -1), y, self.eta
+                        ).reshape(x.shape)
+                denoised = in_chunks(lambda c: problem.denoise(c, sigma), x, self.batch_size)
+                x = euler_step(x, denoised, sigma, sigma_next)
+                if problem.callback is not None:
+                    problem.report(i, sigma, x[returned], denoised[returned])
+        return x[returned].reshape(problem.x_shape)
+
+
+def euler_step(x: Tensor, denoised: Tensor, sigma: float, sigma_next: float) -> Tensor:
+    """One Euler step of ``dx/dsigma = (x - D(x, sigma)) / sigma`` from ``sigma`` to ``sigma_next``."""
+    return denoised if sigma_next == 0 else x + (sigma_next - sigma) / sigma * (x - denoised)
+
+
+def ensemble_layout(y: Tensor, ensemble_size: int) -> tuple[Tensor, int, Tensor]:
+    """Group identical measurement rows into ensembles.
+
+    Returns the distinct measurements ``(G, *y.shape[1:])``, the ensemble size
+    ``J = max(ensemble_size, largest number of copies)`` and, for each row of
+    ``y``, the index of its particle in the flattened ``(G * J)`` ensemble: the
+    copies of one measurement get particles ``0, 1, ...`` of its ensemble, in row order.
+    """
+    distinct, group, counts = torch.unique(y.flatten(1), dim=0, return_inverse=True, return_counts=True)
+    size = max(ensemble_size, int(counts.max()))
+    order = torch.argsort(group, stable=True)
+    first_row = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(group)
+    rank[order] = torch.arange(y.shape[0], device=group.device) - first_row[group[order]]
+    return distinct.reshape(-1, *y.shape[1:]), size, group * size + rank

@@ -1,0 +1,75 @@
+"""Priors that ship with the package, found by name wherever invsolve is installed.
+
+The repository's top-level ``assets/`` folder holds them (``assets/priors/<name>/``,
+a diffusers pipeline folder). A source checkout or editable install finds it
+beside the ``priors`` package; a wheel installs ``assets/`` into site-packages,
+again beside ``priors``, so one rule covers both.  :class:`ClippedPrior` keeps a
+denoiser's output in the data range, as DDPM sampling does for these models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from priors.base import Prior
+
+#: Marker files of a diffusers folder: a pipeline (``model_index.json``) or a bare UNet.
+_MARKERS = ("model_index.json", "config.json")
+
+
+def assets_root() -> Path:
+    """The installed ``assets`` folder (it may be missing in a stripped install)."""
+    return Path(__file__).resolve().parent.parent / "assets"
+
+
+def bundled() -> list[str]:
+    """Names of the bundled priors, e.g. ``["natural-64"]``, sorted."""
+    folder = assets_root() / "priors"
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if any((p / m).is_file() for m in _MARKERS))
+
+
+def bundled_path(name: str) -> Path | None:
+    """The folder of the bundled prior ``name``, or ``None`` when no bundled prior has that name."""
+    if not isinstance(name, str) or name not in bundled():
+        return None
+    return assets_root() / "priors" / name
+
+
+class ClippedPrior(Prior):
+    r"""A prior whose denoiser output is clamped to the data range ``[low, high]``.
+
+    When the clean data lie in the box ``[low, high]^n`` (images in [-1, 1]), so does
+    their posterior mean ``D(x, sigma) = E[x0 | x0 + sigma eps = x]``, a convex
+    combination of data points; clamping is the projection onto that box and can
+    only bring an imperfect denoiser closer to the true ``D`` (coordinate-wise).
+    This is the ``clip_sample`` step of DDPM sampling (Ho et al., 2020, the
+    reference implementation clips the predicted ``x0`` to [-1, 1]): epsilon-
+    predicting networks are least accurate in ``x0`` at large ``sigma``, where an
+    error ``delta`` in ``eps`` becomes ``sigma * delta`` in ``D``.  Gradients do not
+    flow through clamped entries.
+    """
+
+    def __init__(self, prior: Any, low: float = -1.0, high: float = 1.0):
+        if not low < high:
+            raise ValueError(f"the data range needs low < high, got [{low}, {high}]")
+        self.prior = prior
+        self.low, self.high = float(low), float(high)
+        self.sigma_min, self.sigma_max = prior.sigma_min, prior.sigma_max
+        self.data_shape = getattr(prior, "data_shape", None)
+
+    def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
+        return self.prior.denoise(x, sigma).clamp(self.low, self.high)
+
+    @property
+    def device(self) -> torch.device | None:
+        return getattr(self.prior, "device", None)
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        return getattr(self.prior, "dtype", None)

@@ -1,0 +1,330 @@
+"""``load_prior``: a diffusion prior from a local folder, a bundled name or a Hugging Face Hub id.
+
+A name is tried by each resolver of :data:`RESOLVERS` in turn; the first that
+recognises it says where the model lives (a :class:`ModelLocation`).  The
+location's layout is then read from its JSON configs: a diffusers pipeline folder
+(``model_index.json`` with ``unet/`` and ``scheduler/``, plus ``vqvae/`` or ``vae/``
+for latent pipelines) or a bare ``UNet2DModel`` folder with its scheduler config
+beside it (``scheduler_config.json``) or in ``scheduler/``.  diffusers is imported only when a model is actually loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from priors.base import Prior
+from priors.bundled import bundled, bundled_path
+from priors.diffusers_latent import AUTOENCODER_CLASSES, DiffusersLatentPrior, TextConditionedDenoiser
+from priors.diffusers_pixel import DiffusersPixelPrior
+
+#: Keyword arguments ``load_prior`` forwards to the Hub download and ``from_pretrained``.
+HUB_OPTIONS = ("revision", "cache_dir", "local_files_only", "token", "variant", "use_safetensors")
+_DOWNLOAD_OPTIONS = ("revision", "cache_dir", "local_files_only", "token")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_LATENT_COMPONENTS = ("vqvae", "vae")
+_LATENT_UNETS = ("UNet2DModel", "UNet2DConditionModel")
+_EXPECTED = (
+    "a folder holding a diffusers UNet2DModel (config.json with _class_name UNet2DModel and "
+    "scheduler_config.json beside it or in scheduler/) or a pipeline folder (model_index.json "
+    "with unet/ and scheduler/)"
+)
+
+
+@dataclass
+class ModelLocation:
+    """Where a diffusers model lives: a local folder or a Hub repository id.
+
+    ``unreachable`` records that a Hub file was neither reachable nor cached, so
+    that a missing component is reported as a connection problem.
+    """
+
+    target: str
+    local: bool
+    unreachable: bool = field(default=False, init=False)
+
+    def describe(self) -> str:
+        return f"folder {self.target!r}" if self.local else f"Hugging Face Hub repository {self.target!r}"
+
+    def error(self, problem: str) -> ValueError:
+        """A one-line error for ``problem``, or for the Hub being out of reach."""
+        if self.unreachable:
+            offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") else ""
+            return ValueError(
+                f"cannot load prior {self.target!r}: it is not a local folder, and the Hugging Face Hub "
+                f"cannot be reached{offline} while the local cache lacks it; pass a local folder or go online once"
+            )
+        return ValueError(f"cannot load prior from {self.describe()}: {problem}")
+
+    def read_json(self, filename: str, subfolder: str | None, options: dict[str, Any]) -> dict | None:
+        """The parsed JSON file, or ``None`` when the location has no such file."""
+        if self.local:
+            path = Path(self.target, subfolder or "", filename)
+            return json.loads(path.read_text()) if path.is_file() else None
+        return self._read_hub_json(filename, subfolder, options)
+
+    def _read_hub_json(self, filename: str, subfolder: str | None, options: dict[str, Any]) -> dict | None:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.utils import (
+            EntryNotFoundError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+
+        download = {k: v for k, v in options.items() if k in _DOWNLOAD_OPTIONS}
+        try:
+            path = hf_hub_download(self.target, filename, subfolder=subfolder, **download)
+        except LocalEntryNotFoundError:
+            self.unreachable = True
+            return None
+        except EntryNotFoundError:
+            return None
+        except (RepositoryNotFoundError, RevisionNotFoundError) as err:
+            raise ValueError(
+                f"cannot load prior {self.target!r}: it is not a local folder, and the Hugging Face Hub "
+                f"answers {type(err).__name__} (check the id, revision and access token)"
+            ) from None
+        except OSError as err:
+            reason = _first_line(err)
+            raise ValueError(f"cannot load prior {self.target!r} from the Hugging Face Hub: {reason}") from None
+        return json.loads(Path(path).read_text())
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _local_folder(name: str) -> ModelLocation | None:
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return ModelLocation(str(path), local=True)
+    if path.exists():
+        raise ValueError(
+            f"cannot load prior {name!r}: it is a file, not a folder; expected {_EXPECTED} "
+            "(single-file checkpoints such as ADM .pt files are not supported yet)"
+        )
+    return None
+
+
+def _bundled(name: str) -> ModelLocation | None:
+    folder = bundled_path(name)
+    return None if folder is None else ModelLocation(str(folder), local=True)
+
+
+def _hub_repo(name: str) -> ModelLocation | None:
+    return ModelLocation(name, local=False) if _HUB_ID.match(name) else None
+
+
+#: Resolvers tried in order; each returns a location for names it recognises, else ``None``.
+RESOLVERS: list[Callable[[str], ModelLocation | None]] = [_local_folder, _bundled, _hub_repo]
+
+
+def _first_config(
+    location: ModelLocation,
+    filename: str,
+    subfolders: tuple[str | None, ...],
+    options: dict[str, Any],
+    accept: Callable[[dict], bool] = lambda config: True,
+) -> tuple[str | None, dict] | None:
+    """The first ``(subfolder, config)`` holding an accepted ``filename``, else ``None``."""
+    for subfolder in subfolders:
+        config = location.read_json(filename, subfolder, options)
+        if config is not None and accept(config):
+            return subfolder, config
+    return None
+
+
+def _find_unet_and_scheduler(location: ModelLocation, options: dict[str, Any]) -> tuple[str | None, dict]:
+    """The UNet's subfolder (``None`` = top level) and the scheduler config of a location."""
+    index = location.read_json("model_index.json", None, options)
+    unet_folders: tuple[str | None, ...] = (None, "unet")
+    if index is not None:
+        pipeline = index.get("_class_name", "unknown")
+        if list(index.get("unet") or [None])[-1] != "UNet2DModel":
+            raise location.error(f"its pipeline ({pipeline}) has no UNet2DModel 'unet' component")
+        unet_folders = ("unet",)
+    unet = _first_config(
+        location, "config.json", unet_folders, options, lambda config: config.get("_class_name") == "UNet2DModel"
+    )
+    if unet is None:
+        raise location.error(f"no UNet2DModel found; expected {_EXPECTED}")
+    scheduler = _first_config(location, "scheduler_config.json", ("scheduler", None), options)
+    if scheduler is None:
+        raise location.error(
+            "found a UNet2DModel but no scheduler config (scheduler_config.json beside it or in "
+            "scheduler/), which holds the noise schedule"
+        )
+    return unet[0], scheduler[1]
+
+
+def _load_diffusers_pixel(
+    location: ModelLocation, options: dict[str, Any], dtype: torch.dtype | None
+) -> DiffusersPixelPrior:
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    unet_folder, scheduler_config = _find_unet_and_scheduler(location, options)
+    weights_dtype = {} if dtype is None else {"torch_dtype": dtype}
+    try:
+        unet = UNet2DModel.from_pretrained(location.target, subfolder=unet_folder, **options, **weights_dtype)
+    except OSError as err:
+        raise location.error(f"its UNet2DModel weights cannot be loaded: {_first_line(err)}") from None
+    scheduler = DDPMScheduler.from_config(scheduler_config)
+    unet.eval().requires_grad_(False)
+    return DiffusersPixelPrior.from_scheduler(unet, scheduler)
+
+
+def _from_pretrained(location: ModelLocation, cls: Any, subfolder: str, options: dict[str, Any], what: str) -> Any:
+    try:
+        return cls.from_pretrained(location.target, subfolder=subfolder, **options)
+    except OSError as err:
+        raise location.error(f"its {what} ({subfolder}/) cannot be loaded: {_first_line(err)}") from None
+
+
+def _text_components(
+    location: ModelLocation, index: dict, options: dict[str, Any], dtype: torch.dtype | None
+) -> tuple[Any, Any]:
+    """The text encoder and tokenizer of a Stable Diffusion pipeline (transformers classes)."""
+    pipeline = index.get("_class_name", "unknown")
+    missing = [name for name in ("text_encoder", "tokenizer") if not (index.get(name) or [None])[-1]]
+    if missing:
+        raise location.error(f"its text-conditioned latent pipeline ({pipeline}) lacks {' and '.join(missing)}")
+    try:
+        import transformers
+    except ImportError:
+        raise location.error(
+            f"its latent pipeline ({pipeline}) has a text encoder, which needs the transformers package: "
+            "pip install 'invsolve[latent]'"
+        ) from None
+    classes = {name: getattr(transformers, index[name][-1], None) for name in ("text_encoder", "tokenizer")}
+    unknown = [f"{name} {index[name][-1]}" for name, cls in classes.items() if cls is None]
+    if unknown:
+        raise location.error(f"its latent pipeline ({pipeline}) names unknown transformers classes: {', '.join(unknown)}")
+    download = {k: v for k, v in options.items() if k in _DOWNLOAD_OPTIONS}
+    encoder = _from_pretrained(location, classes["text_encoder"], "text_encoder", options, "text encoder")
+    tokenizer = _from_pretrained(location, classes["tokenizer"], "tokenizer", download, "tokenizer")
+    if dtype is not None:
+        encoder.to(dtype)
+    return encoder.eval().requires_grad_(False), tokenizer
+
+
+def _load_diffusers_latent(
+    location: ModelLocation,
+    index: dict,
+    options: dict[str, Any],
+    dtype: torch.dtype | None,
+    prompt: str | None,
+    guidance_scale: float | None,
+) -> DiffusersLatentPrior:
+    """A latent pipeline: ``vqvae/`` or ``vae/``, ``unet/``, ``scheduler/`` (+ ``text_encoder/``, ``tokenizer/``)."""
+    import diffusers
+
+    pipeline = index.get("_class_name", "unknown")
+    autoencoder_folder = next(name for name in _LATENT_COMPONENTS if name in index)
+    autoencoder_class = (index[autoencoder_folder] or [None])[-1]
+    unet_class = (index.get("unet") or [None])[-1]
+    if autoencoder_class not in AUTOENCODER_CLASSES:
+        raise location.error(
+            f"its latent pipeline ({pipeline}) has a {autoencoder_class} autoencoder; supported: "
+            f"{', '.join(AUTOENCODER_CLASSES)}"
+        )
+    if unet_class not in _LATENT_UNETS:
+        raise location.error(
+            f"its latent pipeline ({pipeline}) has no {' or '.join(_LATENT_UNETS)} 'unet' component"
+        )
+    scheduler_config = location.read_json("scheduler_config.json", "scheduler", options)
+    if scheduler_config is None:
+        raise location.error(f"its latent pipeline ({pipeline}) has no scheduler config (scheduler/scheduler_config.json)")
+    weights_dtype = {} if dtype is None else {"torch_dtype": dtype}
+    load = {**options, **weights_dtype}
+    autoencoder = _from_pretrained(location, getattr(diffusers, autoencoder_class), autoencoder_folder, load, "autoencoder")
+    unet = _from_pretrained(location, getattr(diffusers, unet_class), "unet", load, "UNet")
+    autoencoder.eval().requires_grad_(False)
+    unet.eval().requires_grad_(False)
+    scheduler = diffusers.DDPMScheduler.from_config(scheduler_config)
+    schedule = (unet, scheduler.alphas_cumprod, scheduler.config.prediction_type)
+    if unet_class == "UNet2DConditionModel":
+        text_encoder, tokenizer = _text_components(location, index, options, dtype)
+        guidance = 1.0 if guidance_scale is None else guidance_scale
+        denoiser = TextConditionedDenoiser(*schedule, text_encoder, tokenizer, prompt or "", guidance)
+    else:
+        if prompt is not None or guidance_scale is not None:
+            raise ValueError(
+                f"prompt and guidance_scale need a text-conditioned pipeline; {location.describe()} is an "
+                f"unconditional latent pipeline ({pipeline})"
+            )
+        denoiser = DiffusersPixelPrior(*schedule)
+    return DiffusersLatentPrior(denoiser, autoencoder)
+
+
+def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    resolved = getattr(torch, str(dtype), None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}; use a torch.dtype or a name such as 'float16'")
+    return resolved
+
+
+def load_prior(
+    name_or_path: str | os.PathLike,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | str | None = None,
+    prompt: str | None = None,
+    guidance_scale: float | None = None,
+    **kwargs: Any,
+) -> Prior:
+    """Load a pretrained diffusion prior as a VE denoiser.
+
+    ``name_or_path`` is a local folder (a saved diffusers ``DDPMPipeline`` /
+    ``DDIMPipeline``, or a ``UNet2DModel`` folder with its scheduler config), the
+    name of a bundled prior, or a Hugging Face Hub id such as
+    ``"google/ddpm-celebahq-256"``.  Only the scheduler's noise schedule
+    (``alphas_cumprod``) and ``prediction_type`` are used, whatever its class.
+    ``device`` and ``dtype`` place the network (default: CPU, float32);
+    ``kwargs`` go to the Hub download and ``from_pretrained`` (``revision``,
+    ``cache_dir``, ``local_files_only``, ``token``, ``variant``, ``use_safetensors``).
+    The network is in eval mode with frozen parameters.
+
+    A latent pipeline folder (``model_index.json`` naming a ``vqvae`` / ``vae`` with a
+    ``UNet2DModel``, e.g. ``LDMPipeline``, or a ``UNet2DConditionModel`` with its text
+    encoder and tokenizer, e.g. ``StableDiffusionPipeline``) gives a
+    :class:`~priors.diffusers_latent.DiffusersLatentPrior`; for text-conditioned ones
+    ``prompt`` (default: the empty prompt) and ``guidance_scale`` (classifier-free
+    guidance weight, default 1: no guidance) choose the conditioning.
+    """
+    unknown = sorted(set(kwargs) - set(HUB_OPTIONS))
+    if unknown:
+        known = ", ".join(("device", "dtype", "prompt", "guidance_scale", *HUB_OPTIONS))
+        raise TypeError(f"load_prior got unexpected option(s) {', '.join(unknown)}; known: {known}")
+    name = os.fspath(name_or_path)
+    location = next((found for resolver in RESOLVERS if (found := resolver(name)) is not None), None)
+    if location is None:
+        names = ", ".join(bundled()) or "none installed"
+        raise FileNotFoundError(
+            f"cannot load prior {name!r}: no such folder, bundled name ({names}) or Hub id; expected {_EXPECTED}"
+        )
+    index = location.read_json("model_index.json", None, kwargs)
+    if index is not None and any(component in index for component in _LATENT_COMPONENTS):
+        latent = _load_diffusers_latent(location, index, kwargs, _as_dtype(dtype), prompt, guidance_scale)
+        if device is not None:
+            latent.autoencoder.to(device)
+            latent.denoiser.unet.to(device)
+            if latent.text_conditioned:
+                latent.denoiser.text_encoder.to(device)
+        return latent
+    if prompt is not None or guidance_scale is not None:
+        raise ValueError(
+            f"prompt and guidance_scale need a text-conditioned latent pipeline; {location.describe()} is not one"
+        )
+    prior = _load_diffusers_pixel(location, kwargs, _as_dtype(dtype))
+    if device is not None:
+        prior.unet.to(device)
+    return prior

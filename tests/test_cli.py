@@ -1,0 +1,231 @@
+"""The command line end to end on a tiny diffusers prior, its error messages, and the README."""
+
+import contextlib
+import io
+import re
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import operators
+from invsolve import methods
+from invsolve.cli import main
+from invsolve.io import STRIP_GAP, load_image, to_uint8
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def prior_dir(tmp_path_factory):
+    """A tiny attention-free UNet2DModel with its DDPM scheduler, saved as a plain folder."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)  # weight initialisation only; the CLI itself uses generators
+    unet = UNet2DModel(
+        sample_size=SIZE,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+        add_attention=False,
+    )
+    folder = tmp_path_factory.mktemp("prior")
+    unet.save_pretrained(folder)
+    DDPMScheduler(num_train_timesteps=100).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def clean_png(tmp_path_factory):
+    """A smooth 16 x 16 RGB test image."""
+    rows, cols = np.meshgrid(np.linspace(0, 1, SIZE), np.linspace(0, 1, SIZE), indexing="ij")
+    pixels = np.stack([rows, cols, (rows + cols) / 2], axis=-1) * 255
+    path = tmp_path_factory.mktemp("images") / "clean.png"
+    Image.fromarray(pixels.round().astype(np.uint8)).save(path)
+    return path
+
+
+def restore_args(inputs, prior_dir, output, *extra):
+    return [
+        "restore", *[str(i) for i in inputs],
+        "--operator", "gaussian_blur", "--operator-arg", "kernel_size=5",
+        "--noise-sigma", "0.05", "--prior", str(prior_dir), "--method", "dps",
+        "--steps", "3", "--device", "cpu", "--output", str(output), *extra,
+    ]
+
+
+def png(path):
+    return np.asarray(Image.open(path))
+
+
+@pytest.fixture(scope="module")
+def first_run(prior_dir, clean_png, tmp_path_factory):
+    """One in-process ``invsolve restore`` (gaussian_blur, dps, 3 steps, seed 0): output path and stdout."""
+    out = tmp_path_factory.mktemp("run") / "results" / "restored.png"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        status = main(restore_args([clean_png], prior_dir, out, "--seed", "0", "--quiet"))
+    assert status == 0
+    return out, stdout.getvalue()
+
+
+def test_restore_end_to_end(first_run, clean_png):
+    out, stdout = first_run
+    measurement = out.with_name("restored.measurement.png")
+    assert png(out).shape == (SIZE, SIZE, 3)
+    assert png(measurement).shape == (SIZE, SIZE, 3)
+    # DPS takes one network evaluation per step.
+    assert re.search(r"NFE 3\b", stdout) and re.search(r"PSNR -?[0-9.]+ dB", stdout)
+
+    # The written measurement is A(x) + 0.05 n with n drawn from seed + 1, as documented.
+    op = operators.build("gaussian_blur", kernel_size=5)
+    expected = op.measure(load_image(clean_png), 0.05, generator=torch.Generator().manual_seed(1))
+    assert np.abs(png(measurement).astype(int) - to_uint8(expected[0]).permute(1, 2, 0).numpy()).max() <= 1
+    assert np.abs(png(measurement).astype(int) - png(clean_png).astype(int)).mean() > 2  # blurred and noisy
+
+
+def test_same_seed_same_restoration(first_run, prior_dir, clean_png, tmp_path):
+    again = tmp_path / "again.png"
+    assert main(restore_args([clean_png], prior_dir, again, "--seed", "0", "--quiet")) == 0
+    assert np.array_equal(png(again), png(first_run[0]))
+
+
+def test_restore_from_a_measurement_file(first_run, prior_dir, tmp_path, capsys):
+    measured = first_run[0].with_name("restored.measurement.png")
+    out = tmp_path / "from_file.png"
+    assert main(restore_args([], prior_dir, out, "--measurement", str(measured), "--quiet")) == 0
+    summary = capsys.readouterr().out.splitlines()[-1]
+    assert png(out).shape == (SIZE, SIZE, 3)
+    assert "PSNR" not in summary  # no clean reference was given
+    assert not (tmp_path / "from_file.measurement.png").exists()
+
+
+def test_super_resolution_restores_from_the_small_image(prior_dir, tmp_path):
+    small = tmp_path / "small.png"
+    Image.fromarray(np.full((SIZE // 2, SIZE // 2, 3), 100, dtype=np.uint8)).save(small)
+    out = tmp_path / "large.png"
+    args = [
+        "restore", "--measurement", str(small), "--operator", "super_resolution", "--operator-arg", "factor=2",
+        "--prior", str(prior_dir), "--steps", "2", "--device", "cpu", "--output", str(out), "--quiet",
+    ]
+    assert main(args) == 0
+    assert png(out).shape == (SIZE, SIZE, 3)
+
+
+def test_python_dash_m_entry_point_with_samples_and_strip(prior_dir, clean_png, tmp_path):
+    out = tmp_path / "sub" / "restored.png"
+    args = restore_args([clean_png], prior_dir, out, "--num-samples", "2", "--compare")
+    done = subprocess.run(
+        [sys.executable, "-m", "invsolve", *args], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "restored:" in done.stdout
+    for name in ("restored.png", "restored.measurement.png", "restored.sample0.png", "restored.sample1.png"):
+        assert png(out.parent / name).shape == (SIZE, SIZE, 3)
+    samples = [png(out.parent / f"restored.sample{k}.png").astype(float) for k in range(2)]
+    assert not np.array_equal(samples[0], samples[1])
+    # OUT is the mean of the samples, up to uint8 rounding, wherever neither sample was clipped.
+    unclipped = (samples[0] > 0) & (samples[0] < 255) & (samples[1] > 0) & (samples[1] < 255)
+    assert unclipped.sum() > 50
+    assert np.abs(png(out) - (samples[0] + samples[1]) / 2)[unclipped].max() <= 1.0
+    assert png(out.parent / "restored.compare.png").shape == (SIZE, 3 * SIZE + 2 * STRIP_GAP, 3)
+
+
+def test_list_names_every_operator_and_method(capsys):
+    assert main(["list"]) == 0
+    stdout = capsys.readouterr().out
+    for name in [*operators.available(), *methods()]:
+        assert re.search(rf"^  {re.escape(name)}\b", stdout, re.MULTILINE), name
+    assert "gaussian_blur" in stdout and "dps" in stdout and "priors" in stdout
+
+
+@pytest.mark.parametrize("found", [["tiny-prior"], {"tiny-prior": "a test prior"}])
+def test_list_shows_bundled_priors(found, monkeypatch, capsys):
+    import priors
+
+    monkeypatch.setattr(priors, "bundled", lambda: found, raising=False)
+    assert main(["list"]) == 0
+    priors_section = capsys.readouterr().out.split("priors", 1)[1]
+    assert re.search(r"^  tiny-prior +bundled", priors_section, re.MULTILINE)
+    if isinstance(found, dict):
+        assert "a test prior" in priors_section
+
+
+BAD_INPUTS = {
+    "missing input file": (["nowhere.png"], [], "no image file"),
+    "unknown operator": ([], ["--operator", "gausian_blur"], "available: .*gaussian_blur"),
+    "operator-arg without =": ([], ["--operator-arg", "kernel_size5"], "KEY=VALUE"),
+    "operator-arg of the wrong kind": ([], ["--operator-arg", "kernel_size=wide"], "kernel_size"),
+    "unknown method": ([], ["--method", "dpss"], "unknown method 'dpss'.*dps"),
+    "wrong measurement shape": ([], ["--measurement", "SMALL"], "does not match"),
+    "not a png output": ([], ["--output", "out.jpg"], r"\.png"),
+    "missing option": ([], ["--operator"], "expected one argument"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_inputs_give_one_line_and_a_nonzero_status(case, prior_dir, clean_png, tmp_path, capsys):
+    inputs, extra, message = BAD_INPUTS[case]
+    small = tmp_path / "small.png"
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(small)
+    extra = [str(small) if e == "SMALL" else e for e in extra]
+    args = restore_args(inputs or [clean_png], prior_dir, tmp_path / "out.png", "--quiet", *extra)
+    status = main(args)
+    err = capsys.readouterr().err
+    assert status == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert re.search(message, err), err
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_debug_shows_the_traceback(prior_dir, tmp_path, capsys):
+    status = main(["--debug", *restore_args(["nowhere.png"], prior_dir, tmp_path / "out.png")])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "Traceback" in err and "FileNotFoundError" in err
+
+
+def test_restore_script_wraps_the_command_line(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["restore.py", "--help"])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(ROOT / "scripts" / "restore.py"), run_name="__main__")
+    assert stop.value.code == 0
+    assert "--measurement" in capsys.readouterr().out
+
+
+def readme_block(marker):
+    """The fenced code block that follows ``marker`` in README.md."""
+    text = (ROOT / "README.md").read_text()
+    after = text.split(marker, 1)[1]
+    return re.search(r"```(?:python|bash)\n(.*?)```", after, re.DOTALL).group(1)
+
+
+def test_readme_python_quick_start_runs(capsys):
+    code = readme_block("<!-- executed by tests/test_cli.py -->")
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+    stdout = capsys.readouterr().out
+    assert "exact posterior mean" in stdout
+
+
+def test_ci_runs_the_readme_test_command():
+    command = readme_block("## Running the tests").strip()
+    assert command == "python -m pytest -q"
+    script = (ROOT / ".ci" / "run").read_text()
+    assert command in script.splitlines()
+    assert script.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in script
+
+
+def test_readme_tables_name_every_operator_and_method():
+    text = (ROOT / "README.md").read_text()
+    for name in [*operators.available(), *methods()]:
+        assert f"| `{name}` |" in text, f"README.md does not list {name!r}"
