@@ -39,3 +39,7 @@ from operators.blackbox import BlackBox  # noqa: E402
 from operators.nonlinear import HighDynamicRange, PhaseRetrieval  # noqa: E402
 
 __all__ += ["BlackBox", "HighDynamicRange", "PhaseRetrieval"]
+
+from operators.presets import PRESETS, Preset, preset, presets  # noqa: E402
+
+__all__ += ["PRESETS", "Preset", "preset", "presets"]

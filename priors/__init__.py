@@ -21,3 +21,9 @@ __all__ = [
     "is_prior",
     "load_prior",
 ]
+
+from priors.adm import ADMPrior, load_adm, resolve_adm_checkpoint  # noqa: E402
+from priors.adm_unet import ADMConfig, ADMUNet  # noqa: E402
+from priors.vp import VPDenoiser  # noqa: E402
+
+__all__ += ["ADMConfig", "ADMPrior", "ADMUNet", "VPDenoiser", "load_adm", "resolve_adm_checkpoint"]

@@ -161,8 +161,7 @@ class DiffusersLatentPrior(LatentPrior):
         return (n, self.latent_channels, height // f, width // f)
 
     def _autoencoder_input(self, t: Tensor) -> Tensor:
-        module = self.autoencoder
-        parameter = next(module.parameters())
+        parameter = next(self.autoencoder.parameters())
         return t.to(device=parameter.device, dtype=parameter.dtype)
 
     def encode(self, x: Tensor) -> Tensor:
@@ -198,7 +197,9 @@ class DiffusersLatentPrior(LatentPrior):
 
     def __repr__(self) -> str:
         kind = "VQ" if self.is_vq else "KL"
-        text = f", prompt {self.denoiser.prompt!r}, guidance {self.denoiser.guidance_scale:g}" if self.text_conditioned else ""
+        text = ""
+        if self.text_conditioned:
+            text = f", prompt {self.denoiser.prompt!r}, guidance {self.denoiser.guidance_scale:g}"
         return (
             f"DiffusersLatentPrior({kind} autoencoder f={self.downsampling}, {self.latent_channels} latent channels, "
             f"scale {self.scaling_factor:g}, denoiser {self.denoiser!r}{text})"

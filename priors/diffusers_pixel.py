@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from priors.base import Prior, expand_sigma
+from priors.vp import VPDenoiser
 
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 SUPPORTED_TIME_EMBEDDINGS = ("positional", "learned")
 
 
@@ -21,45 +18,29 @@ def _uses_attention(config: Any) -> bool:
     return mid_attention or any("Attn" in name for name in blocks)
 
 
-class DiffusersPixelPrior(Prior):
+class DiffusersPixelPrior(VPDenoiser):
     r"""A discrete-time DDPM / VP diffusers ``UNet2DModel`` as a VE denoiser ``D(x, sigma)``.
 
-    A DDPM (Ho et al., NeurIPS 2020) with cumulative products ``abar_t`` noises
-    ``x_vp = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps``; dividing by ``sqrt(abar_t)``
-    gives the variance-exploding form ``x = x0 + sigma_t eps`` with
+    The conversion is :class:`~priors.vp.VPDenoiser`'s (Ho et al., NeurIPS 2020;
+    Karras et al., NeurIPS 2022, App. C.3):
 
     .. math::
         \sigma_t = \sqrt{(1 - \bar\alpha_t) / \bar\alpha_t}, \qquad
-        x_{vp} = x / \sqrt{1 + \sigma^2}
+        x_{vp} = x / \sqrt{1 + \sigma^2},
 
-    (Karras et al., "Elucidating the Design Space of Diffusion-Based Generative
-    Models", NeurIPS 2022, App. C.3).  For a requested ``sigma`` the network gets
-    ``x_vp`` and the fractional timestep found by linear interpolation of ``t``
-    against ``log sigma_t`` in the exact ``alphas_cumprod`` table (clamped to the
-    table's ends); its output becomes the posterior mean ``x0``:
-
-    * ``epsilon``: ``D = x - sigma * eps``;
-    * ``v_prediction`` (Salimans & Ho, ICLR 2022): ``D = sqrt(abar) x_vp - sqrt(1 - abar) v``
-      with ``abar = 1 / (1 + sigma^2)``;
-    * ``sample``: ``D`` is the output.
-
-    Learned-variance models (``out_channels = 2 * in_channels``, Nichol & Dhariwal
-    2021) drop the variance channels.  A UNet without attention layers is fully
-    convolutional: ``data_shape`` is then ``None`` and inputs of any height and width
-    are reflect-padded to a multiple of the down-sampling factor and cropped back.
-    With attention, ``data_shape = (C, sample_size, sample_size)`` and inputs must
-    have that shape.  Outside ``[sigma_min, sigma_max]`` the timestep is clamped to the
-    table's end while ``x_vp`` and the conversion keep the requested sigma; a
-    zero-terminal-SNR table (``abar_T = 0``) drops its infinite last level; a
-    ``learned`` (lookup-table) time embedding gets the nearest integer step.  The network runs in its own device and dtype, under the caller's
-    grad mode (samplers backprop through it); the result has the input's dtype.
+    the fractional timestep linear in ``log sigma_t`` over the exact ``alphas_cumprod``
+    table, and ``epsilon`` / ``v_prediction`` / ``sample`` outputs turned into the
+    posterior mean.  This class reads the rest from the UNet's config:
+    learned-variance models (``out_channels = 2 * in_channels``, Nichol & Dhariwal
+    2021) drop the variance channels; a UNet without attention layers is fully
+    convolutional (``data_shape = None``; inputs are reflect-padded to a multiple of
+    the down-sampling factor and cropped back), one with attention has
+    ``data_shape = (C, sample_size, sample_size)``; a ``learned`` (lookup-table) time
+    embedding gets the nearest integer step.  Fourier-embedded (score-SDE) and
+    class-conditional UNets are rejected.
     """
 
     def __init__(self, unet: Any, alphas_cumprod: Tensor, prediction_type: str = "epsilon"):
-        if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(
-                f"prediction_type {prediction_type!r} is not supported; use one of {', '.join(PREDICTION_TYPES)}"
-            )
         config = unet.config
         if config.time_embedding_type not in SUPPORTED_TIME_EMBEDDINGS:
             raise ValueError(
@@ -75,107 +56,26 @@ class DiffusersPixelPrior(Prior):
                 f"the UNet maps {channels} channels to {out_channels}; a denoiser needs "
                 f"{channels} (or {2 * channels} with learned variances)"
             )
-        abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64).detach().cpu().reshape(-1)
-        abar = abar[: int((abar > 0).cumprod(0).sum())]
-        if abar.numel() < 2 or (abar > 1).any():
-            raise ValueError("alphas_cumprod must hold at least two values in (0, 1]")
-        sigmas = ((1 - abar) / abar).sqrt()
-        if not (sigmas[1:] > sigmas[:-1]).all() or sigmas[0] <= 0:
-            raise ValueError("alphas_cumprod must decrease strictly from a value below 1")
-        self.unet = unet
-        self.prediction_type = prediction_type
-        self.alphas_cumprod = abar
-        self.sigmas = sigmas
-        self.log_sigmas = sigmas.log()
-        self.sigma_min = float(sigmas[0])
-        self.sigma_max = float(sigmas[-1])
-        self.channels = channels
-        self.downsampling = 2 ** (len(config.block_out_channels) - 1)
+        data_shape = None
         if _uses_attention(config) and config.sample_size is not None:
             size = config.sample_size
             height, width = (size, size) if isinstance(size, int) else tuple(size)
-            self.data_shape = (channels, int(height), int(width))
-        else:
-            self.data_shape = None
+            data_shape = (channels, int(height), int(width))
+        super().__init__(
+            unet,
+            alphas_cumprod,
+            prediction_type,
+            channels=channels,
+            data_shape=data_shape,
+            downsampling=2 ** (len(config.block_out_channels) - 1),
+            integer_timesteps=config.time_embedding_type == "learned",
+        )
 
     @classmethod
     def from_scheduler(cls, unet: Any, scheduler: Any) -> "DiffusersPixelPrior":
         """Wrap ``unet`` with a diffusers scheduler's ``alphas_cumprod`` and ``prediction_type``."""
         return cls(unet, scheduler.alphas_cumprod, scheduler.config.prediction_type)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
-
-    def sigma_to_timestep(self, sigma: Tensor) -> Tensor:
-        """Fractional DDPM timestep of each ``sigma``: ``t`` linear in ``log sigma_t`` (float64, CPU)."""
-        log_sigma = torch.as_tensor(sigma).detach().to("cpu", torch.float64).log()
-        log_sigma = log_sigma.clamp(self.log_sigmas[0], self.log_sigmas[-1])
-        upper = torch.searchsorted(self.log_sigmas, log_sigma).clamp(1, len(self.log_sigmas) - 1)
-        lower = upper - 1
-        fraction = (log_sigma - self.log_sigmas[lower]) / (self.log_sigmas[upper] - self.log_sigmas[lower])
-        return lower + fraction
-
-    def _check_input(self, x: Tensor, sigma: Tensor) -> Tensor:
-        if x.ndim != 4 or x.shape[1] != self.channels:
-            raise ValueError(
-                f"the prior expects images (N, {self.channels}, H, W), got shape {tuple(x.shape)}"
-            )
-        if self.data_shape is not None and tuple(x.shape[1:]) != self.data_shape:
-            raise ValueError(
-                f"this UNet has attention layers and models images of shape {self.data_shape}, "
-                f"got {tuple(x.shape[1:])}; resize the input to that size"
-            )
-        sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype)
-        if sigma.ndim == 0:
-            sigma = sigma.expand(x.shape[0])
-        if sigma.shape != (x.shape[0],):
-            raise ValueError(f"sigma must have shape ({x.shape[0]},), got {tuple(sigma.shape)}")
-        if (sigma < 0).any():
-            raise ValueError("sigma must be non-negative")
-        return sigma
-
     def _call_unet(self, inputs: Tensor, timestep: Tensor) -> Tensor:
         """The raw network output for padded ``inputs`` (conditional subclasses add their inputs here)."""
         return self.unet(inputs, timestep, return_dict=False)[0]
-
-    def _network(self, x_vp: Tensor, timestep: Tensor) -> Tensor:
-        """The UNet's prediction for ``x_vp`` of any size, in ``x_vp``'s device and dtype."""
-        height, width = x_vp.shape[-2:]
-        pad_h, pad_w = -height % self.downsampling, -width % self.downsampling
-        inputs = x_vp.to(device=self.device, dtype=self.dtype)
-        if pad_h or pad_w:
-            mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-            padding = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
-            inputs = F.pad(inputs, padding, mode=mode)
-        if self.unet.config.time_embedding_type == "learned":
-            timestep = timestep.round().long()
-        else:
-            timestep = timestep.float()
-        out = self._call_unet(inputs, timestep.to(self.device))
-        top, left = pad_h // 2, pad_w // 2
-        out = out[:, : self.channels, top : top + height, left : left + width]
-        return out.to(device=x_vp.device, dtype=x_vp.dtype)
-
-    def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
-        sigma = self._check_input(x, sigma)
-        s = expand_sigma(sigma, x)
-        x_vp = x / (1 + s**2).sqrt()
-        out = self._network(x_vp, self.sigma_to_timestep(sigma))
-        if self.prediction_type == "epsilon":
-            return x - s * out
-        if self.prediction_type == "v_prediction":
-            return (x_vp - s * out) / (1 + s**2).sqrt()
-        return out
-
-    def __repr__(self) -> str:
-        shape = "any size" if self.data_shape is None else "x".join(map(str, self.data_shape))
-        return (
-            f"DiffusersPixelPrior({self.prediction_type}, {len(self.sigmas)} levels, "
-            f"sigma {self.sigma_min:.3g}..{self.sigma_max:.3g}, {shape}, "
-            f"{sum(p.numel() for p in self.unet.parameters()) / 1e6:.2f}M params)"
-        )

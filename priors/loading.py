@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import torch
 
+from priors.adm import resolve_adm_checkpoint
 from priors.base import Prior
 from priors.bundled import bundled, bundled_path
 from priors.diffusers_latent import AUTOENCODER_CLASSES, DiffusersLatentPrior, TextConditionedDenoiser
@@ -109,7 +110,7 @@ def _local_folder(name: str) -> ModelLocation | None:
     if path.exists():
         raise ValueError(
             f"cannot load prior {name!r}: it is a file, not a folder; expected {_EXPECTED} "
-            "(single-file checkpoints such as ADM .pt files are not supported yet)"
+            "or an ADM checkpoint ending in .pt, .pth or .safetensors"
         )
     return None
 
@@ -283,7 +284,9 @@ def load_prior(
 ) -> Prior:
     """Load a pretrained diffusion prior as a VE denoiser.
 
-    ``name_or_path`` is a local folder (a saved diffusers ``DDPMPipeline`` /
+    ``name_or_path`` is an ADM (guided-diffusion) checkpoint file (``.pt``, ``.pth``,
+    ``.safetensors``; ``config`` may name its architecture, see :func:`priors.adm.load_adm`),
+    a local folder (a saved diffusers ``DDPMPipeline`` /
     ``DDIMPipeline``, or a ``UNet2DModel`` folder with its scheduler config), the
     name of a bundled prior, or a Hugging Face Hub id such as
     ``"google/ddpm-celebahq-256"``.  Only the scheduler's noise schedule
@@ -300,6 +303,10 @@ def load_prior(
     ``prompt`` (default: the empty prompt) and ``guidance_scale`` (classifier-free
     guidance weight, default 1: no guidance) choose the conditioning.
     """
+    if prompt is None and guidance_scale is None:
+        adm = resolve_adm_checkpoint(name_or_path, device, _as_dtype(dtype), **kwargs)
+        if adm is not None:
+            return adm
     unknown = sorted(set(kwargs) - set(HUB_OPTIONS))
     if unknown:
         known = ", ".join(("device", "dtype", "prompt", "guidance_scale", *HUB_OPTIONS))

@@ -109,6 +109,17 @@ def test_clipping_keeps_an_exact_denoiser_and_never_moves_away_from_it():
     assert ((clipped - exact).abs() < (raw - exact).abs() - 0.1).any()
 
 
-def test_clipping_rejects_an_empty_range():
+def test_clipping_rejects_an_empty_range_and_a_start_level_outside_the_prior():
     with pytest.raises(ValueError, match="low < high"):
         ClippedPrior(boxed_mixture(), low=1.0, high=-1.0)
+    with pytest.raises(ValueError, match="sigma_max must lie in"):
+        ClippedPrior(boxed_mixture(), sigma_max=1000.0)
+
+
+def test_a_lower_start_level_keeps_the_floor_and_the_denoiser():
+    mixture = boxed_mixture()
+    clipped = ClippedPrior(mixture, sigma_max=10.0)
+    assert (clipped.sigma_min, clipped.sigma_max) == (mixture.sigma_min, 10.0)
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    sigma = torch.tensor([0.1, 10.0, 50.0], dtype=torch.float64)
+    torch.testing.assert_close(clipped.denoise(x, sigma), mixture.denoise(x, sigma))

@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from invsolve.cli import main
@@ -13,9 +14,18 @@ from invsolve.commands.demo import demo_image_path
 from invsolve.io import STRIP_GAP
 
 
-def test_short_demo_restores_and_writes_the_strip(tmp_path, capsys):
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a CPU shared with other test runs, several threads mostly wait for each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_short_demo_restores_and_writes_the_strip(tmp_path, capsys, one_thread):
     output = tmp_path / "demo.png"
-    assert main(["demo", "--steps", "8", "--output", str(output), "--quiet"]) == 0
+    assert main(["demo", "--steps", "8", "--samples", "2", "--output", str(output), "--quiet"]) == 0
     printed = capsys.readouterr().out
     scores = {
         label: (float(p), float(s))
@@ -39,6 +49,7 @@ def test_short_demo_restores_and_writes_the_strip(tmp_path, capsys):
     "argv, message",
     [
         (["--steps", "0"], "--steps must be >= 1"),
+        (["--samples", "0"], "--samples must be >= 1"),
         (["--method", "no-such-method"], "unknown method"),
         (["--output", "demo.jpg"], ".png"),
         (["--method-arg", "lam"], "KEY=VALUE"),

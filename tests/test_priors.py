@@ -463,11 +463,16 @@ def test_latent_pipelines_and_files_are_reported(tmp_path) -> None:
     with pytest.raises(ValueError) as err:
         load_prior(tmp_path)
     assert_one_line(err, str(tmp_path), "latent")
+    weights = tmp_path / "model.bin"
+    weights.write_bytes(b"")
+    with pytest.raises(ValueError) as err:
+        load_prior(weights)
+    assert_one_line(err, str(weights), "not a folder")
     checkpoint = tmp_path / "model.pt"
     checkpoint.write_bytes(b"")
     with pytest.raises(ValueError) as err:
         load_prior(checkpoint)
-    assert_one_line(err, str(checkpoint), "not a folder")
+    assert_one_line(err, str(checkpoint), "weights-only checkpoint")
     with pytest.raises(TypeError, match="unexpected option"):
         load_prior(tmp_path, prediction="epsilon")
 

@@ -18,10 +18,33 @@ from priors import GaussianMixturePrior
 GRID_SPACING = 8.0
 
 
+class UnitCovarianceMixture(GaussianMixturePrior):
+    r"""A :class:`~priors.GaussianMixturePrior` whose components all have covariance ``I``,
+    with the same exact denoiser written as two matrix products.
+
+    With :math:`v = 1 + \sigma^2` the responsibilities are
+    :math:`\gamma = \operatorname{softmax}_k(\log w_k + (x^T\mu_k - \lVert\mu_k\rVert^2/2)/v)`
+    (the :math:`\lVert x \rVert^2` and log-determinant terms are the same for every
+    component) and :math:`D(x, \sigma) = x/v + (\sigma^2/v) \sum_k \gamma_k \mu_k`.  Cost
+    :math:`O(NKd)` in matrix products instead of elementwise passes over an
+    ``(N, K, d)`` tensor: about 10x faster at ``d = 80``, which the benchmark needs.
+    """
+
+    def __init__(self, weights: Tensor, means: Tensor, sigma_min: float = 0.002, sigma_max: float = 80.0):
+        super().__init__(weights, means, 1.0, sigma_min, sigma_max)
+
+    def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
+        cast = dict(device=x.device, dtype=x.dtype)
+        log_w, mu = self.weights.log().to(**cast), self.means.to(**cast)
+        v = 1 + sigma.to(**cast).reshape(-1, 1) ** 2
+        gamma = torch.softmax(log_w + (x @ mu.T - 0.5 * (mu**2).sum(1)) / v, dim=1)
+        return x / v + (1 - 1 / v) * (gamma @ mu)
+
+
 class GMMProblem(NamedTuple):
     """One draw of the problem; unpacks as ``prior, operator, y, noise_sigma, posterior``."""
 
-    prior: GaussianMixturePrior
+    prior: UnitCovarianceMixture
     operator: MatrixOperator
     y: Tensor
     noise_sigma: float
@@ -36,7 +59,7 @@ def grid_means(d: int) -> Tensor:
     return pair.repeat(1, (d + 1) // 2)[:, :d]
 
 
-def make_gmm_problem(d: int = 8, d_y: int = 4, seed: int = 0) -> GMMProblem:
+def make_gmm_problem(d: int = 8, d_y: int = 4, seed: int = 0, noise_sigma: float | None = None) -> GMMProblem:
     r"""Draw the MCGdiff mixture problem in dimension ``d`` with ``d_y`` measurements.
 
     * prior: :math:`p(x) = \sum_{k=1}^{25} w_k N(x; \mu_k, I_d)`, means on the 5 x 5 grid
@@ -50,6 +73,8 @@ def make_gmm_problem(d: int = 8, d_y: int = 4, seed: int = 0) -> GMMProblem:
       from :meth:`priors.GaussianMixturePrior.posterior`.
 
     Everything is float64 and drawn, in that order, from one generator seeded with ``seed``.
+    A given ``noise_sigma`` replaces :math:`u \max_i s_i` (near-noiseless variants) and
+    leaves every other draw unchanged.
     """
     if d < 1 or d_y < 1:
         raise ValueError(f"need d >= 1 and d_y >= 1, got d={d}, d_y={d_y}")
@@ -58,7 +83,7 @@ def make_gmm_problem(d: int = 8, d_y: int = 4, seed: int = 0) -> GMMProblem:
     g = torch.Generator().manual_seed(seed)
     f64 = torch.float64
     weights = torch.randn(25, generator=g, dtype=f64) ** 2
-    prior = GaussianMixturePrior(weights, grid_means(d), 1.0)
+    prior = UnitCovarianceMixture(weights, grid_means(d))
 
     G = torch.randn(d_y, d, generator=g, dtype=f64)
     U, _, Vh = torch.linalg.svd(G, full_matrices=True)
@@ -66,6 +91,9 @@ def make_gmm_problem(d: int = 8, d_y: int = 4, seed: int = 0) -> GMMProblem:
     A = U @ torch.diag(s) @ Vh[:d_y]
 
     x_star = prior.sample(1, generator=g)
-    noise_sigma = float(torch.rand((), generator=g, dtype=f64) * s.max())
+    u = torch.rand((), generator=g, dtype=f64)
+    noise_sigma = float(u * s.max()) if noise_sigma is None else float(noise_sigma)
+    if noise_sigma <= 0:
+        raise ValueError(f"noise_sigma must be > 0 for the posterior to exist, got {noise_sigma}")
     y = x_star @ A.T + noise_sigma * torch.randn(1, d_y, generator=g, dtype=f64)
     return GMMProblem(prior, MatrixOperator(A), y, noise_sigma, prior.posterior(A, y, noise_sigma))

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+import operators
 from invsolve.commands._arguments import parse_key_values
 from invsolve.evaluation import EvaluationSettings, evaluate_folder
 from invsolve.evaluation.runner import METRICS
@@ -24,13 +25,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("data_dir", metavar="DATA_DIR", help="folder of PNG / JPEG images (searched recursively)")
-    parser.add_argument("--operator", required=True, metavar="NAME", help="forward operator (see 'invsolve list')")
-    parser.add_argument(
-        "--operator-arg", action="append", default=[], metavar="KEY=VALUE",
-        help="operator argument, repeatable (values parse as int, float, true/false, else text)",
+    task = parser.add_mutually_exclusive_group(required=True)
+    task.add_argument("--operator", metavar="NAME", help="forward operator (see 'invsolve list')")
+    task.add_argument(
+        "--preset", choices=operators.presets(), metavar="NAME",
+        help=f"a published benchmark task ({', '.join(operators.presets())}): operator and noise 0.05; random "
+        "masks are drawn per image from its file name and --seed, the motion kernel once from --seed",
     )
     parser.add_argument(
-        "--noise-sigma", type=float, default=0.05, help="measurement noise std on the [-1, 1] scale (default 0.05)"
+        "--operator-arg", action="append", default=[], metavar="KEY=VALUE",
+        help="operator argument, repeatable (values parse as int, float, true/false, else text); not with --preset",
+    )
+    parser.add_argument(
+        "--noise-sigma", type=float, default=None,
+        help="measurement noise std on the [-1, 1] scale (default 0.05, or the preset's; given, it overrides the preset's)",
     )
     parser.add_argument("--prior", required=True, metavar="PATH_OR_ID", help="diffusers folder, bundled name or hub id")
     parser.add_argument(
@@ -67,10 +75,15 @@ def _names(text: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(format="%(message)s", stream=sys.stderr, level=logging.WARNING)
+    if args.preset is not None and args.operator_arg:
+        raise ValueError("--preset fixes the operator's arguments; leave out --operator-arg (or use --operator)")
+    preset = operators.preset(args.preset) if args.preset is not None else None
+    noise_sigma = args.noise_sigma if args.noise_sigma is not None else (preset.noise_sigma if preset else 0.05)
     settings = EvaluationSettings(
-        data_dir=args.data_dir, out=args.out, operator=args.operator, prior=args.prior,
-        methods=_names(args.methods), operator_args=parse_key_values(args.operator_arg, "--operator-arg"),
-        noise_sigma=args.noise_sigma, size=args.size, limit=args.limit, seed=args.seed, steps=args.steps,
+        data_dir=args.data_dir, out=args.out, operator=preset.operator if preset else args.operator,
+        prior=args.prior, methods=_names(args.methods), preset=args.preset,
+        operator_args=dict(preset.options) if preset else parse_key_values(args.operator_arg, "--operator-arg"),
+        noise_sigma=noise_sigma, size=args.size, limit=args.limit, seed=args.seed, steps=args.steps,
         metrics=tuple(_names(args.metrics)), lpips_net=args.lpips_net, overwrite=args.overwrite,
         device=args.device, grid_rows=args.grid_rows, progress=not args.quiet,
     )

@@ -25,6 +25,8 @@ from invsolve.validation import infer_x_shape
 #: The simulated measurement noise uses ``seed + MEASUREMENT_SEED_OFFSET`` so that it
 #: is independent of the sampler's noise, which uses ``seed``.
 MEASUREMENT_SEED_OFFSET = 1
+#: Measurement noise std on the [-1, 1] scale when neither --noise-sigma nor --preset gives one.
+DEFAULT_NOISE_SIGMA = 0.05
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,14 +40,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("input", nargs="?", metavar="INPUT", help="clean image (may be omitted with --measurement)")
-    parser.add_argument("--operator", required=True, metavar="NAME", help="forward operator (see 'invsolve list')")
-    parser.add_argument(
-        "--operator-arg", action="append", default=[], metavar="KEY=VALUE",
-        help="operator argument, repeatable (values parse as int, float, true/false, else text)",
+    task = parser.add_mutually_exclusive_group(required=True)
+    task.add_argument("--operator", metavar="NAME", help="forward operator (see 'invsolve list')")
+    task.add_argument(
+        "--preset", choices=operators.presets(), metavar="NAME",
+        help=f"a published benchmark task ({', '.join(operators.presets())}): operator and noise 0.05; "
+        "its random mask or kernel is drawn from --seed",
     )
     parser.add_argument(
-        "--noise-sigma", type=float, default=0.05,
-        help="measurement noise std on the [-1, 1] scale (default 0.05)",
+        "--operator-arg", action="append", default=[], metavar="KEY=VALUE",
+        help="operator argument, repeatable (values parse as int, float, true/false, else text); not with --preset",
+    )
+    parser.add_argument(
+        "--noise-sigma", type=float, default=None,
+        help="measurement noise std on the [-1, 1] scale (default 0.05, or the preset's; given, it overrides the preset's)",
     )
     parser.add_argument("--prior", required=True, metavar="PATH_OR_ID", help="diffusers folder or hub id")
     parser.add_argument("--method", default="dps", help="sampling method (default dps; see 'invsolve list')")
@@ -80,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if args.method not in known_methods:
         raise ValueError(f"unknown method {args.method!r}; known methods: {', '.join(sorted(known_methods))}")
     method_options = parse_key_values(args.method_arg, "--method-arg")
-    operator = operators.build(args.operator, **parse_key_values(args.operator_arg, "--operator-arg"))
+    operator, args.noise_sigma = _operator_and_noise(args)
     device = resolve_device(args.device)
 
     prior = priors.load_prior(args.prior, device=device)
@@ -111,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         if _is_image(operator, y):
             written.append(io.save_image(y, io.sibling_path(args.output, "measurement")))
         else:
-            notes.append(f"measurement not written: operator {args.operator!r} does not output an image")
+            notes.append(f"measurement not written: operator {_task(args)} does not output an image")
     if args.num_samples > 1:
         for k, sample in enumerate(result.samples):
             written.append(io.save_image(sample, io.sibling_path(args.output, f"sample{k}")))
@@ -125,11 +133,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _operator_and_noise(args: argparse.Namespace) -> tuple[Operator, float]:
+    """The operator and noise level of ``--operator`` or ``--preset`` (an explicit ``--noise-sigma`` wins)."""
+    if args.preset is not None:
+        preset = operators.preset(args.preset)
+        noise = preset.noise_sigma if args.noise_sigma is None else args.noise_sigma
+        return preset.build(seed=args.seed), noise
+    operator = operators.build(args.operator, **parse_key_values(args.operator_arg, "--operator-arg"))
+    return operator, DEFAULT_NOISE_SIGMA if args.noise_sigma is None else args.noise_sigma
+
+
 def _measurement(args: argparse.Namespace, operator: Operator, clean: Tensor | None, mode: str, device: torch.device) -> Tensor:
     """The ``--measurement`` image, or ``A(clean) + noise`` drawn from ``seed + MEASUREMENT_SEED_OFFSET``."""
     if args.measurement:
         if not getattr(operator, "output_in_image_range", False):
-            raise ValueError(f"operator {args.operator!r} does not measure images, so --measurement cannot be used")
+            raise ValueError(f"operator {_task(args)} does not measure images, so --measurement cannot be used")
         return io.load_image(args.measurement, mode=mode).to(device)
     generator = torch.Generator(device=device).manual_seed(args.seed + MEASUREMENT_SEED_OFFSET)
     return operator.measure(clean, args.noise_sigma, generator=generator)
@@ -146,13 +164,20 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise ValueError("--size resizes INPUT; a --measurement image is used at its own size")
     if args.size is not None and args.size < 1:
         raise ValueError(f"--size must be >= 1, got {args.size}")
-    if args.noise_sigma < 0:
+    if args.preset is not None and args.operator_arg:
+        raise ValueError("--preset fixes the operator's arguments; leave out --operator-arg (or use --operator)")
+    if args.noise_sigma is not None and args.noise_sigma < 0:
         raise ValueError(f"--noise-sigma must be >= 0, got {args.noise_sigma}")
     if args.num_samples < 1:
         raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     io.check_output_path(args.output)
+
+
+def _task(args: argparse.Namespace) -> str:
+    """``'NAME'`` of ``--operator`` or ``of preset 'NAME'`` for messages."""
+    return f"of preset {args.preset!r}" if args.preset is not None else repr(args.operator)
 
 
 def _image_mode(prior: object, latent: bool) -> str:

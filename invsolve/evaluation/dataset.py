@@ -40,7 +40,8 @@ def image_seed(key: str, seed: int, purpose: str) -> int:
     """A 63-bit seed from ``sha256("{purpose}:{seed}:{key}")``, stable across runs, processes and machines.
 
     ``purpose`` separates streams: ``"measurement"`` for the simulated noise (shared
-    by every method) and ``"sampler"`` for the methods' own randomness.
+    by every method), ``"sampler"`` for the methods' own randomness and ``"operator"``
+    for per-image random operators (the benchmark presets' masks).
     """
     digest = hashlib.sha256(f"{purpose}:{seed}:{key}".encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)

@@ -46,7 +46,8 @@ DEFAULT_SIZE = 256
 BARRIER_TIMEOUT = timedelta(hours=48)
 #: Settings a resumed run must share with the run that wrote OUT.
 IDENTITY_KEYS = (
-    "data_dir", "operator", "operator_args", "noise_sigma", "prior", "size", "seed", "steps", "metrics", "lpips_net",
+    "data_dir", "operator", "operator_args", "preset", "noise_sigma", "prior", "size", "seed", "steps", "metrics",
+    "lpips_net",
 )
 
 
@@ -71,9 +72,22 @@ class EvaluationSettings:
     device: str | None = None
     grid_rows: int = 8
     progress: bool = True
+    preset: str | None = None
 
     def check(self) -> None:
-        """Reject bad settings before anything is loaded."""
+        """Reject bad settings before anything is loaded.
+
+        With ``preset`` (:func:`operators.preset`), ``operator`` must be empty or the
+        preset's and ``operator_args`` empty or the preset's; both are then set from it.
+        """
+        if self.preset is not None:
+            task = operators.preset(self.preset)
+            if self.operator not in ("", task.operator) or self.operator_args not in ({}, task.options):
+                raise ValueError(
+                    f"preset {self.preset!r} fixes the operator ({task.operator} with {task.options}); "
+                    "give either a preset or an operator with its arguments"
+                )
+            self.operator, self.operator_args = task.operator, dict(task.options)
         known = known_methods()
         if not self.methods:
             raise ValueError("--methods needs at least one method")
@@ -155,6 +169,7 @@ def _identity(settings: EvaluationSettings, hw: tuple[int, int]) -> dict[str, An
         "data_dir": os.path.abspath(settings.data_dir),
         "operator": settings.operator,
         "operator_args": settings.operator_args,
+        "preset": settings.preset,
         "noise_sigma": settings.noise_sigma,
         "prior": prior,
         "size": list(hw),
@@ -229,7 +244,8 @@ def evaluate_folder(settings: EvaluationSettings) -> dict[str, Any] | None:
     device = torch.device(settings.device) if single and settings.device else state.device
     entries = list_images(settings.data_dir, settings.limit)
     layout = OutputLayout(settings.out)
-    operator = operators.build(settings.operator, **settings.operator_args)
+    task = operators.preset(settings.preset) if settings.preset is not None else None
+    operator = task.build(seed=settings.seed) if task else operators.build(settings.operator, **settings.operator_args)
     prior = priors.load_prior(settings.prior, device=device)
     _check_applicable(settings.methods, operator, prior)
     mode, hw = _image_format(prior, settings.size)
@@ -258,7 +274,7 @@ def evaluate_folder(settings: EvaluationSettings) -> dict[str, Any] | None:
         operator=operator, prior=prior, layout=layout, noise_sigma=settings.noise_sigma, seed=settings.seed,
         size=hw, mode=mode, steps=settings.steps, metrics=tuple(settings.metrics),
         lpips=_build_lpips(settings, device, state.is_main_process), device=device,
-        progress=settings.progress and state.is_main_process,
+        progress=settings.progress and state.is_main_process, preset=task if task and task.per_image else None,
     )
     with CsvLog(rank_path(layout.metrics, state.process_index, state.num_processes), METRIC_COLUMNS) as rows, \
             CsvLog(rank_path(layout.errors, state.process_index, state.num_processes), ERROR_COLUMNS) as errors:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -30,7 +30,9 @@ class ImageEvaluator:
     seeded by the image's key and ``seed`` (:func:`dataset.image_seed`), so every
     method, rerun and process sees the same ``y``; the samplers get their own seed
     from the same key.  Restorations are clamped to [-1, 1] and scored against the
-    ground truth on the [0, 1] scale.
+    ground truth on the [0, 1] scale.  With a per-image ``preset`` (random masks of
+    the benchmarks) each image gets its own operator, built from the seed
+    ``image_seed(key, seed, "operator")``; otherwise every image uses ``operator``.
     """
 
     operator: Any
@@ -45,6 +47,16 @@ class ImageEvaluator:
     lpips: LPIPS | None
     device: torch.device
     progress: bool = False
+    preset: Any = None
+    _current: tuple[str, Any] | None = field(default=None, init=False, repr=False)
+
+    def operator_for(self, entry: ImageEntry) -> Any:
+        """The operator of ``entry``'s image: the shared one, or the per-image preset's (built once per image)."""
+        if self.preset is None:
+            return self.operator
+        if self._current is None or self._current[0] != entry.key:
+            self._current = (entry.key, self.preset.build(seed=image_seed(entry.key, self.seed, "operator")))
+        return self._current[1]
 
     def read(self, entry: ImageEntry) -> Tensor:
         """The ground truth ``(1, C, H, W)`` in [-1, 1], centre-cropped and resized; raises on unreadable files."""
@@ -55,23 +67,25 @@ class ImageEvaluator:
         image, the measurement to ``OUT/measurement``."""
         io.save_image(x, self.layout.ground_truth(entry.name))
         generator = torch.Generator().manual_seed(image_seed(entry.key, self.seed, "measurement"))
-        y = self.operator.measure(x, self.noise_sigma, generator=generator)
-        if is_image(y) and getattr(self.operator, "output_in_image_range", False):
+        operator = self.operator_for(entry)
+        y = operator.measure(x, self.noise_sigma, generator=generator)
+        if is_image(y) and getattr(operator, "output_in_image_range", False):
             io.save_image(y, self.layout.measurement(entry.name))
         return y
 
     def restore(self, entry: ImageEntry, x: Tensor, y: Tensor, method: str) -> dict[str, Any] | None:
         """Restore with ``method``, save the PNG and return its row (``None``: no baseline exists)."""
         reset_peak_memory(self.device)
+        operator = self.operator_for(entry)
         if method == NO_LEARNING:
             start = time.perf_counter()
-            restored = no_learning(self.operator, y, tuple(x.shape))
+            restored = no_learning(operator, y, tuple(x.shape))
             seconds, nfe = time.perf_counter() - start, 0.0
             if restored is None:
                 return None
         else:
             result = solve(
-                y.to(self.device), self.operator, self.prior, method=method, steps=self.steps,
+                y.to(self.device), operator, self.prior, method=method, steps=self.steps,
                 seed=image_seed(entry.key, self.seed, "sampler"), noise_sigma=self.noise_sigma,
                 progress=self.progress, x_shape=tuple(x.shape),
             )

@@ -18,6 +18,11 @@ DAPS_DEFAULT_TAU = 0.01
 #: Curvature of the paper's data term ``||A x - y||^2 / tau^2`` at its tau = 0.01 (``||A|| = 1``),
 #: the scale its learning rates were tuned for.
 DAPS_PAPER_CURVATURE = 2 / DAPS_DEFAULT_TAU**2
+#: Paper learning rates by operator kind (Zhang et al. 2025, App.; 1e-4 otherwise).
+DAPS_LRS = {"phase_retrieval": 5e-5}
+DAPS_DEFAULT_LR = 1e-4
+#: Power iterations for ``||A||^2`` of a linear operator.
+POWER_ITERATIONS = 30
 
 
 @register
@@ -39,18 +44,21 @@ class DAPS(Method):
     3. :math:`x_{t-1} = x_{0|y} + \sigma_{t-1} z` (the last level returns :math:`x_{0|y}`).
 
     **Step size.** The paper's ``lr`` is an absolute step tuned for its likelihood,
-    whose curvature is :math:`c_0 = 2/0.01^2` (``||A|| = 1``); it decays linearly over the
-    levels with ratio :math:`r` = ``lr_min_ratio``.  Here ``lr`` keeps that meaning and
-    is converted to the problem's own curvature,
+    whose curvature is :math:`c_0 = 2/0.01^2` for image operators with
+    :math:`\lVert A \rVert = 1`; it decays linearly over the levels with ratio
+    :math:`r` = ``lr_min_ratio``.  Here ``lr`` keeps that meaning and is converted to
+    the largest curvature of :math:`U`,
 
     .. math::
-        \eta_t = \frac{\text{lr}\, c_0\, (1 + (t/T)(r - 1))}{1/\tau^2 + 1/\sigma_t^2},
+        \eta_t = \frac{\text{lr}\, c_0\, (1 + (t/T)(r - 1))}{\lVert A \rVert^2/\tau^2 + 1/\sigma_t^2},
 
-    which is the paper's step (to 1 %) at its :math:`\tau` and :math:`\sigma_t \ge 0.1`, and
-    stays a fixed fraction of the inverse curvature of :math:`U` for any other
-    :math:`\tau` or data scale (an absolute 1e-4 barely moves the chain when
-    :math:`\tau \sim 1` and diverges when :math:`\tau \ll 0.01`).  Assumes
-    :math:`\lVert A \rVert \lesssim 1`, as for image operators on [-1, 1].  Only :math:`A` is
+    which is the paper's step (to 1 %) at its :math:`\tau`, :math:`\lVert A \rVert = 1` and
+    :math:`\sigma_t \ge 0.1`, and the same fraction (at most 2, the stability limit) of
+    the inverse curvature for any other :math:`\tau`, operator norm or data scale; an
+    absolute 1e-4 barely moves the chain when :math:`\tau \sim 1` and diverges when
+    :math:`\lVert A \rVert/\tau \gg 100`.  :math:`\lVert A \rVert` is ``operator_norm``, or by default
+    measured by power iteration on :math:`A^T A` for linear operators and taken as 1
+    (the paper's image operators) for nonlinear ones.  Only :math:`A` is
     differentiated, never the network.
 
     **Noise scale.** Measurements and ``noise_sigma`` are on [-1, 1] as in the paper.
@@ -61,8 +69,10 @@ class DAPS(Method):
     term as :math:`\lVert A x - y\rVert^2/\tau^2`, a likelihood 7x sharper than the noise.
 
     Defaults: 200 levels from 100 to 0.1, 5 ODE steps to 0.01, 100 Langevin
-    steps, lr = 1e-4 (5e-5 for motion blur, box inpainting, phase retrieval),
-    ``lr_min_ratio = 0.01``.  Cost: ``ode_steps`` NFE and ``langevin_steps``
+    steps, ``lr_min_ratio = 0.01``, lr = 1e-4, or 5e-5 for phase retrieval (chosen
+    from ``operator.kind`` when left ``None``; the paper also uses 5e-5 for motion
+    blur and box inpainting, which share their kind with Gaussian blur and random
+    inpainting: pass ``lr=5e-5`` there).  Cost: ``ode_steps`` NFE and ``langevin_steps``
     operator gradients per level, ~1000 NFE in all.
     """
 
@@ -76,23 +86,26 @@ class DAPS(Method):
     ode_steps: int = 5
     ode_sigma_min: float = 0.01
     langevin_steps: int = 100
-    lr: float = 1e-4
+    lr: float | None = None
     lr_min_ratio: float = 0.01
     tau: float | None = None
+    operator_norm: float | None = None
 
     def resolved(self, problem: Problem) -> "DAPS":
         if not 0 < self.sigma_min <= self.sigma_max:
             raise ValueError(f"need 0 < sigma_min <= sigma_max, got {self.sigma_min}, {self.sigma_max}")
         if self.ode_steps < 1 or self.langevin_steps < 0:
             raise ValueError("need ode_steps >= 1 and langevin_steps >= 0")
-        if self.lr <= 0 or not 0 < self.lr_min_ratio <= 1:
+        if (self.lr is not None and self.lr <= 0) or not 0 < self.lr_min_ratio <= 1:
             raise ValueError("need lr > 0 and 0 < lr_min_ratio <= 1")
-        if self.tau is not None:
-            if self.tau <= 0:
-                raise ValueError(f"tau must be > 0, got {self.tau}")
-            return self
-        tau = problem.noise_sigma if problem.noise_sigma > 0 else DAPS_DEFAULT_TAU
-        return dataclasses.replace(self, tau=tau)
+        if self.operator_norm is not None and self.operator_norm < 0:
+            raise ValueError(f"operator_norm must be >= 0, got {self.operator_norm}")
+        if self.tau is not None and self.tau <= 0:
+            raise ValueError(f"tau must be > 0, got {self.tau}")
+        kind = getattr(problem.operator, "kind", "generic")
+        lr = DAPS_LRS.get(kind, DAPS_DEFAULT_LR) if self.lr is None else self.lr
+        tau = self.tau or (problem.noise_sigma if problem.noise_sigma > 0 else DAPS_DEFAULT_TAU)
+        return dataclasses.replace(self, lr=lr, tau=tau)
 
     def annealing_sigmas(self, problem: Problem) -> list[float]:
         """The poly-7 grid of levels, clipped to the prior's ``[sigma_min, sigma_max]``."""
@@ -121,20 +134,37 @@ class DAPS(Method):
             x = x - step * grad + noise_scale * problem.randn()
         return x
 
-    def step_size(self, sigma: float, progress: float) -> float:
-        """Langevin step at level ``sigma``, ``progress`` = level index / number of levels."""
+    def operator_norm_squared(self, problem: Problem) -> float:
+        """``||A||^2``: ``operator_norm``, power iteration on ``A^T A`` (linear), else 1."""
+        if self.operator_norm is not None:
+            return self.operator_norm**2
+        operator = problem.operator
+        if "adjoint" not in getattr(operator, "capabilities", ()):
+            return 1.0
+        v = problem.randn()
+        largest = torch.zeros(v.shape[0], device=v.device, dtype=v.dtype)
+        for _ in range(POWER_ITERATIONS):
+            v = v / v.flatten(1).norm(dim=1).clamp_min(1e-30).reshape(-1, *([1] * (v.ndim - 1)))
+            w = operator.adjoint(operator(v))
+            largest = (v * w).flatten(1).sum(1)
+            v = w
+        return float(largest.max())
+
+    def step_size(self, sigma: float, progress: float, norm_squared: float) -> float:
+        """Langevin step at level ``sigma``; ``progress`` = level index / number of levels."""
         ratio = self.lr * DAPS_PAPER_CURVATURE * (1 + progress * (self.lr_min_ratio - 1))
-        return ratio / (1 / self.tau**2 + 1 / sigma**2)
+        return ratio / (norm_squared / self.tau**2 + 1 / sigma**2)
 
     def run(self, problem: Problem) -> Tensor:
         sigmas = self.annealing_sigmas(problem)
         levels = len(sigmas)
-        x = sigmas[0] * problem.randn()
         with torch.no_grad():
+            norm_squared = self.operator_norm_squared(problem)
+            x = sigmas[0] * problem.randn()
             for i in problem.iterate(range(levels), self.name):
                 sigma = sigmas[i]
                 x0_hat = self.ode_denoise(problem, x, sigma)
-                step = self.step_size(sigma, i / levels)
+                step = self.step_size(sigma, i / levels, norm_squared)
                 x0_y = self.langevin(problem, x0_hat, sigma, step)
                 x = x0_y + sigmas[i + 1] * problem.randn() if i + 1 < levels else x0_y
                 problem.report(i, sigma, x, x0_hat)

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from invsolve.samplers.base import Method, Problem, register
+from invsolve.samplers.updates import misfit_gradient
 
 #: Denoiser weightings ``w(sigma)`` of the paper's code; ``sigma = 1/sqrt(SNR)`` in VE.
 REDDIFF_WEIGHTINGS: dict[str, Callable[[float], float]] = {
@@ -43,7 +44,10 @@ class REDDiff(Method):
     so with the paper's default weighting :math:`w = \sigma = 1/\sqrt{\mathrm{SNR}}`
     (``"linear"``) the prior gradient is the RED residual :math:`\lambda(\mu - D)`.
     Means are taken per row and the row losses summed, so every sample is an
-    independent optimisation; only :math:`A` is differentiated, never the network.
+    independent optimisation.  The gradient is formed directly,
+    :math:`\nabla\ell = \lambda w(\sigma)(\hat\epsilon - \epsilon)/n + v J_A^T (A(\mu) - y)/m`
+    (``n``, ``m`` = entries per row of :math:`\mu` and :math:`y`); only :math:`A` is
+    differentiated, never the network.
 
     Initialisation ``init``: ``"pinv"`` (:math:`A^+ y`, the paper's), ``"adjoint"``
     (:math:`A^T y`), ``"zeros"``; ``"auto"`` takes the first the operator offers.
@@ -98,18 +102,16 @@ class REDDiff(Method):
         weight = REDDIFF_WEIGHTINGS[self.weighting]
         mu = self.initial_estimate(problem).clone().requires_grad_(True)
         optimizer = torch.optim.Adam([mu], lr=self.lr, betas=(self.beta1, self.beta2))
+        n, m = mu[0].numel(), problem.y[0].numel()
         for i in problem.iterate(range(len(sigmas)), self.name):
             sigma = sigmas[i]
             with torch.no_grad():
-                eps = problem.randn()
-                x0 = problem.denoise(mu + sigma * eps, sigma)
-                residual = (mu - x0) / sigma  # eps_hat - eps
-            with torch.enable_grad():
-                prior_term = (residual * mu).flatten(1).mean(1)
-                misfit = (problem.y - problem.operator(mu)).flatten(1).pow(2).mean(1) / 2
-                loss = (self.lam * weight(sigma) * prior_term + self.obs_weight * misfit).sum()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                estimate = mu.detach()
+                x0 = problem.denoise(estimate + sigma * problem.randn(), sigma)
+                eps_gap = (estimate - x0) / sigma  # eps_hat - eps, without gradient
+                prior_grad = (self.lam * weight(sigma) / n) * eps_gap
+                data_grad = (self.obs_weight / m) * misfit_gradient(problem.operator, estimate, problem.y)
+                mu.grad = prior_grad + data_grad
             optimizer.step()
             problem.report(i, sigma, mu.detach(), x0)
         return mu.detach()

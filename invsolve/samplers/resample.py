@@ -14,7 +14,9 @@ from invsolve.samplers.latent import latent_problem, minimize_rows, row_mse, ve_
 from invsolve.samplers.updates import ddim_step
 
 
-def resampling_fusion(z0_y: Tensor, z_prior: Tensor, sigma: float, sigma_next: float, gamma: float) -> tuple[Tensor, float]:
+def resampling_fusion(
+    z0_y: Tensor, z_prior: Tensor, sigma: float, sigma_next: float, gamma: float
+) -> tuple[Tensor, float]:
     r"""Mean and standard deviation of ReSample's stochastic resampling at level ``s = sigma_next``.
 
     ``z_t ~ N(z0_y, s^2 I)`` (the measurement-consistent estimate re-noised) is fused with the

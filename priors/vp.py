@@ -1,0 +1,158 @@
+"""A discrete-time DDPM / VP noise-prediction network seen as a variance-exploding denoiser."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from priors.base import Prior, expand_sigma
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+class VPDenoiser(Prior):
+    r"""Any DDPM / VP network ``net(x_vp, t)`` as a VE denoiser ``D(x, sigma)``.
+
+    A DDPM (Ho et al., NeurIPS 2020) with cumulative products ``abar_t`` noises
+    ``x_vp = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps``; dividing by ``sqrt(abar_t)``
+    gives the variance-exploding form ``x = x0 + sigma_t eps`` with
+
+    .. math::
+        \sigma_t = \sqrt{(1 - \bar\alpha_t) / \bar\alpha_t}, \qquad
+        x_{vp} = x / \sqrt{1 + \sigma^2}
+
+    (Karras et al., "Elucidating the Design Space of Diffusion-Based Generative
+    Models", NeurIPS 2022, App. C.3).  For a requested ``sigma`` the network gets
+    ``x_vp`` and the fractional timestep found by linear interpolation of ``t``
+    against ``log sigma_t`` in the exact ``alphas_cumprod`` table (clamped to the
+    table's ends); its output becomes the posterior mean ``x0``:
+
+    * ``epsilon``: ``D = x - sigma * eps``;
+    * ``v_prediction`` (Salimans & Ho, ICLR 2022): ``D = sqrt(abar) x_vp - sqrt(1 - abar) v``
+      with ``abar = 1 / (1 + sigma^2)``;
+    * ``sample``: ``D`` is the output.
+
+    Only the first ``channels`` output channels are used, so learned-variance
+    networks (``2 * channels`` outputs, Nichol & Dhariwal 2021) drop their variance
+    channels.  With ``data_shape = None`` the network is taken as fully
+    convolutional: inputs of any height and width are reflect-padded to a multiple
+    of ``downsampling`` and cropped back; otherwise inputs must have ``data_shape``.
+    Outside ``[sigma_min, sigma_max]`` the timestep is clamped to the table's end
+    while ``x_vp`` and the conversion keep the requested sigma; a zero-terminal-SNR
+    table (``abar_T = 0``) drops its infinite last level; ``integer_timesteps``
+    rounds ``t`` to the nearest step (lookup-table time embeddings).  The network
+    (attribute ``unet``) runs in its own device and dtype, under the caller's grad
+    mode (samplers backprop through it); the result has the input's dtype.
+    Subclasses say how the network is called in :meth:`_call_unet`.
+    """
+
+    def __init__(
+        self,
+        unet: Any,
+        alphas_cumprod: Tensor,
+        prediction_type: str = "epsilon",
+        *,
+        channels: int,
+        data_shape: tuple[int, ...] | None,
+        downsampling: int = 1,
+        integer_timesteps: bool = False,
+    ):
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"prediction_type {prediction_type!r} is not supported; use one of {', '.join(PREDICTION_TYPES)}"
+            )
+        abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64).detach().cpu().reshape(-1)
+        abar = abar[: int((abar > 0).cumprod(0).sum())]
+        if abar.numel() < 2 or (abar > 1).any():
+            raise ValueError("alphas_cumprod must hold at least two values in (0, 1]")
+        sigmas = ((1 - abar) / abar).sqrt()
+        if not (sigmas[1:] > sigmas[:-1]).all() or sigmas[0] <= 0:
+            raise ValueError("alphas_cumprod must decrease strictly from a value below 1")
+        self.unet = unet
+        self.prediction_type = prediction_type
+        self.alphas_cumprod = abar
+        self.sigmas = sigmas
+        self.log_sigmas = sigmas.log()
+        self.sigma_min = float(sigmas[0])
+        self.sigma_max = float(sigmas[-1])
+        self.channels = channels
+        self.downsampling = downsampling
+        self.data_shape = data_shape
+        self.integer_timesteps = integer_timesteps
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    def sigma_to_timestep(self, sigma: Tensor) -> Tensor:
+        """Fractional DDPM timestep of each ``sigma``: ``t`` linear in ``log sigma_t`` (float64, CPU)."""
+        log_sigma = torch.as_tensor(sigma).detach().to("cpu", torch.float64).log()
+        log_sigma = log_sigma.clamp(self.log_sigmas[0], self.log_sigmas[-1])
+        upper = torch.searchsorted(self.log_sigmas, log_sigma).clamp(1, len(self.log_sigmas) - 1)
+        lower = upper - 1
+        fraction = (log_sigma - self.log_sigmas[lower]) / (self.log_sigmas[upper] - self.log_sigmas[lower])
+        return lower + fraction
+
+    def _check_input(self, x: Tensor, sigma: Tensor) -> Tensor:
+        if x.ndim != 4 or x.shape[1] != self.channels:
+            raise ValueError(
+                f"the prior expects images (N, {self.channels}, H, W), got shape {tuple(x.shape)}"
+            )
+        if self.data_shape is not None and tuple(x.shape[1:]) != self.data_shape:
+            raise ValueError(
+                f"this network has attention layers and models images of shape {self.data_shape}, "
+                f"got {tuple(x.shape[1:])}; resize the input to that size"
+            )
+        sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype)
+        if sigma.ndim == 0:
+            sigma = sigma.expand(x.shape[0])
+        if sigma.shape != (x.shape[0],):
+            raise ValueError(f"sigma must have shape ({x.shape[0]},), got {tuple(sigma.shape)}")
+        if (sigma < 0).any():
+            raise ValueError("sigma must be non-negative")
+        return sigma
+
+    def _call_unet(self, inputs: Tensor, timestep: Tensor) -> Tensor:
+        """The raw network output for padded ``inputs`` at ``timestep`` (on the network's device)."""
+        return self.unet(inputs, timestep)
+
+    def _network(self, x_vp: Tensor, timestep: Tensor) -> Tensor:
+        """The network's prediction for ``x_vp`` of any size, in ``x_vp``'s device and dtype."""
+        height, width = x_vp.shape[-2:]
+        pad_h, pad_w = -height % self.downsampling, -width % self.downsampling
+        inputs = x_vp.to(device=self.device, dtype=self.dtype)
+        if pad_h or pad_w:
+            mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+            padding = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
+            inputs = F.pad(inputs, padding, mode=mode)
+        timestep = timestep.round().long() if self.integer_timesteps else timestep.float()
+        out = self._call_unet(inputs, timestep.to(self.device))
+        top, left = pad_h // 2, pad_w // 2
+        out = out[:, : self.channels, top : top + height, left : left + width]
+        return out.to(device=x_vp.device, dtype=x_vp.dtype)
+
+    def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
+        sigma = self._check_input(x, sigma)
+        s = expand_sigma(sigma, x)
+        x_vp = x / (1 + s**2).sqrt()
+        out = self._network(x_vp, self.sigma_to_timestep(sigma))
+        if self.prediction_type == "epsilon":
+            return x - s * out
+        if self.prediction_type == "v_prediction":
+            return (x_vp - s * out) / (1 + s**2).sqrt()
+        return out
+
+    def __repr__(self) -> str:
+        shape = "any size" if self.data_shape is None else "x".join(map(str, self.data_shape))
+        return (
+            f"{type(self).__name__}({self.prediction_type}, {len(self.sigmas)} levels, "
+            f"sigma {self.sigma_min:.3g}..{self.sigma_max:.3g}, {shape}, "
+            f"{sum(p.numel() for p in self.unet.parameters()) / 1e6:.2f}M params)"
+        )
