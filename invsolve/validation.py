@@ -22,6 +22,21 @@ def missing_needs(needs: tuple[str, ...], caps: frozenset[str]) -> list[str]:
     return [need for need in needs if not set(need.split("|")) & caps]
 
 
+def check_methods_fit(names: list[str], classes: dict[str, Any], operator: Any, prior: Any) -> None:
+    """Raise a ``ValueError`` naming what is missing, and the methods that would work,
+    when any method in ``names`` needs what the operator or the prior lacks."""
+    caps = capabilities(operator, prior)
+    for name in names:
+        missing = missing_needs(classes[name].needs, caps)
+        if missing:
+            working = sorted(other for other, cls in classes.items() if not missing_needs(cls.needs, caps))
+            raise ValueError(
+                f"method {name!r} needs {', '.join(m.replace('|', ' or ') for m in missing)}, which "
+                f"{type(operator).__name__} with {type(prior).__name__} does not offer; "
+                f"methods that work here: {', '.join(working) or 'none'}"
+            )
+
+
 def check_prior(prior: Any) -> None:
     if not is_prior(prior):
         raise TypeError(

@@ -91,12 +91,33 @@ class GaussianMixturePrior(Prior):
         log_lik = -0.5 * ((u**2 / var).sum(-1) + var.log().sum(-1) + n * math.log(2 * math.pi))
         return log_lik + w.log()[None], u, var, Q
 
+    @property
+    def shared_isotropic_variance(self) -> float | None:
+        """``c`` when every component has covariance ``c I``, else ``None``."""
+        if self.eigvecs is not None or not bool((self.eigvals == self.eigvals.flatten()[0]).all()):
+            return None
+        return float(self.eigvals.flatten()[0])
+
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
+        c = self.shared_isotropic_variance
+        if c is not None:
+            return self._denoise_shared_isotropic(x, sigma, c)
         log_r, u, var, Q = self._component_terms(x, sigma)
         _, mu, lam, _ = self._params(x)
         gamma = torch.softmax(log_r, dim=1)  # (N, K)
         shrunk = self._from_eigenbasis(lam[None] / var * u, Q) + mu[None]
         return (gamma[..., None] * shrunk).sum(1).reshape(x.shape)
+
+    def _denoise_shared_isotropic(self, x: Tensor, sigma: Tensor, c: float) -> Tensor:
+        """The same denoiser in two matrix products when all ``C_k = c I``: with
+        ``v = c + sigma^2``, ``gamma = softmax_k(log w_k + (x.mu_k - |mu_k|^2 / 2) / v)`` (the
+        ``|x|^2`` and determinant terms cancel) and ``D = (c / v) x + (sigma^2 / v) sum_k gamma_k mu_k``."""
+        w, mu, _, _ = self._params(x)
+        flat = x.flatten(1)
+        sigma2 = sigma.to(x).reshape(-1, 1) ** 2
+        v = c + sigma2
+        gamma = torch.softmax(w.log() + (flat @ mu.T - 0.5 * (mu**2).sum(1)) / v, dim=1)
+        return (c / v * flat + sigma2 / v * (gamma @ mu)).reshape(x.shape)
 
     def log_prob(self, x: Tensor, sigma: float | Tensor = 0.0) -> Tensor:
         """``log p_sigma(x)`` per item (``sigma = 0`` needs full-rank covariances)."""

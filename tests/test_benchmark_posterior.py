@@ -42,9 +42,11 @@ def test_problem_is_reproducible_and_seed_dependent():
 
 
 @pytest.mark.parametrize("sigma", [0.002, 0.7, 5.0, 80.0])
-def test_fast_denoiser_matches_the_generic_mixture_denoiser(sigma):
+def test_shared_isotropic_denoiser_matches_the_general_mixture_denoiser(sigma):
     prior = make_gmm_problem(80, 4, 2).prior
-    generic = GaussianMixturePrior(prior.weights, prior.means, 1.0)
+    assert prior.shared_isotropic_variance == 1.0
+    generic = GaussianMixturePrior(prior.weights, prior.means, torch.eye(80, dtype=F64).expand(25, 80, 80))
+    assert generic.shared_isotropic_variance is None
     g = torch.Generator().manual_seed(0)
     x = prior.sample(64, generator=g) + sigma * torch.randn(64, 80, generator=g, dtype=F64)
     s = torch.full((64,), sigma, dtype=F64)

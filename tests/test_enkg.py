@@ -15,15 +15,6 @@ from priors import GaussianPrior
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These ensembles are tiny (d = 8 or 16): intra-op threads only add synchronisation,
-    which on a shared, loaded CPU costs 100x (measured 200 s instead of 2 s per run)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 #: EnKG must bring the sliced Wasserstein distance to the exact posterior below this
 #: fraction of the prior's distance.  Measured with J = 200 particles and N = 40 steps:
 #: 0.035 (seed 2) and 0.072 (seed 3); the exact sampler's own noise floor is about 0.015;

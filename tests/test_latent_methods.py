@@ -26,15 +26,6 @@ from tests.test_latent_priors import save_latent_pipelines
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny networks run fastest on one thread (several threads on a shared CPU spin-wait)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class LinearLatentPrior(LatentPrior):
     """A latent prior whose autoencoder is ``x = Q z`` with orthonormal columns ``Q``."""
 

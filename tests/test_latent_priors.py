@@ -19,15 +19,6 @@ from priors import DiffusersLatentPrior, load_prior
 T = 100
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny networks run fastest on one thread (several threads on a shared CPU spin-wait)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_autoencoder(kind: str):
     from diffusers import AutoencoderKL, VQModel
 

@@ -18,7 +18,7 @@ import operators
 import priors
 from invsolve.api import methods as known_methods
 from invsolve.samplers import registered
-from invsolve.validation import capabilities, missing_needs
+from invsolve.validation import check_methods_fit
 from invsolve.evaluation.baseline import NO_LEARNING, baseline_kind
 from invsolve.evaluation.dataset import ImageEntry, list_images, shard
 from invsolve.evaluation.grid import write_grid
@@ -148,21 +148,6 @@ def _image_format(prior: Any, size: int | None) -> tuple[str, tuple[int, int]]:
     return ("L" if channels == 1 else "RGB"), hw
 
 
-def _check_applicable(methods: list[str], operator: Any, prior: Any) -> None:
-    """Fail before any work when a method needs what the operator or prior lacks."""
-    caps = capabilities(operator, prior)
-    classes = registered()
-    for method in methods:
-        missing = missing_needs(classes[method].needs, caps)
-        if missing:
-            working = sorted(name for name, cls in classes.items() if not missing_needs(cls.needs, caps))
-            raise ValueError(
-                f"method {method!r} needs {', '.join(m.replace('|', ' or ') for m in missing)}, which "
-                f"{type(operator).__name__} with {type(prior).__name__} does not offer; "
-                f"methods that work here: {', '.join(working) or 'none'}"
-            )
-
-
 def _identity(settings: EvaluationSettings, hw: tuple[int, int]) -> dict[str, Any]:
     prior = os.path.abspath(settings.prior) if os.path.isdir(settings.prior) else settings.prior
     return {
@@ -247,7 +232,7 @@ def evaluate_folder(settings: EvaluationSettings) -> dict[str, Any] | None:
     task = operators.preset(settings.preset) if settings.preset is not None else None
     operator = task.build(seed=settings.seed) if task else operators.build(settings.operator, **settings.operator_args)
     prior = priors.load_prior(settings.prior, device=device)
-    _check_applicable(settings.methods, operator, prior)
+    check_methods_fit(settings.methods, registered(), operator, prior)
     mode, hw = _image_format(prior, settings.size)
     if "ssim" in settings.metrics and min(hw) < 11:
         raise ValueError(f"SSIM needs images of at least 11x11 pixels; use --size 11 or more (got {hw})")

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from invsolve.samplers.base import Method, Problem, register
-from invsolve.samplers.updates import ddim_step
+from invsolve.samplers.updates import ddim_step, ve_step_factor
 
 #: Paper step sizes by operator kind (Chung et al. 2023, App. C; FFHQ, sigma_y = 0.05).
 DPS_STEP_SIZES = {"inpainting": 0.5, "phase_retrieval": 1.0}
@@ -25,6 +24,17 @@ def residual_norm_grad(problem: Problem, x: Tensor, sigma: float) -> tuple[Tenso
         norms = (problem.y - problem.operator(x0)).flatten(1).norm(dim=1)
         (grad,) = torch.autograd.grad(norms.sum(), x)
     return x0.detach(), grad
+
+
+def dps_step(
+    problem: Problem, x: Tensor, sigma: float, sigma_next: float, step_size: float, eta: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """One DPS update ``sigma -> sigma_next``: the VE DDIM step from ``D(x, sigma)`` minus
+    the VE-converted gradient of the residual norm.  Returns the new ``x`` and ``D(x, sigma)``."""
+    x0, grad = residual_norm_grad(problem, x, sigma)
+    with torch.no_grad():
+        x_uncond = ddim_step(x0, (x - x0) / sigma, sigma, sigma_next, eta, problem.generator)
+        return x_uncond - step_size * ve_step_factor(sigma, sigma_next) * grad, x0
 
 
 @register
@@ -67,11 +77,6 @@ class DPS(Method):
         sigmas = problem.sigmas()
         x = sigmas[0] * problem.randn()
         for i in problem.iterate(range(len(sigmas) - 1), self.name):
-            sigma, sigma_next = sigmas[i], sigmas[i + 1]
-            x0, grad = residual_norm_grad(problem, x, sigma)
-            with torch.no_grad():
-                x_uncond = ddim_step(x0, (x - x0) / sigma, sigma, sigma_next, self.eta, problem.generator)
-                scale = self.step_size * math.sqrt((1 + sigma**2) * (1 + sigma_next**2))
-                x = x_uncond - scale * grad
-            problem.report(i, sigma, x, x0)
+            x, x0 = dps_step(problem, x, sigmas[i], sigmas[i + 1], self.step_size, self.eta)
+            problem.report(i, sigmas[i], x, x0)
         return x

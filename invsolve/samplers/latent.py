@@ -4,7 +4,6 @@ problem and a per-sample AdamW minimiser with early stopping."""
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable
 
 import torch
@@ -87,8 +86,3 @@ def minimize_rows(
             update = lr * (weight_decay * v + m_hat / (s_hat.sqrt() + eps))
             v = v - update * active.reshape(shape).to(v.dtype)
     return v.detach()
-
-
-def ve_step_factor(sigma: float, sigma_next: float) -> float:
-    """``sqrt((1 + sigma^2)(1 + sigma'^2))``: a constant VP step size in VE form (see ALGORITHMS.md)."""
-    return math.sqrt((1 + sigma**2) * (1 + sigma_next**2))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -11,8 +10,7 @@ import torch
 from torch import Tensor
 
 from invsolve.samplers.base import Method, Problem, register
-from invsolve.samplers.dps import residual_norm_grad
-from invsolve.samplers.updates import ddim_step
+from invsolve.samplers.dps import dps_step
 
 
 @register
@@ -61,10 +59,8 @@ class MCG(Method):
         x = sigmas[0] * problem.randn()
         for i in problem.iterate(range(len(sigmas) - 1), self.name):
             sigma, sigma_next = sigmas[i], sigmas[i + 1]
-            x0, grad = residual_norm_grad(guided, x, sigma)
+            x, x0 = dps_step(guided, x, sigma, sigma_next, self.alpha)
             with torch.no_grad():
-                x = ddim_step(x0, (x - x0) / sigma, sigma, sigma_next, 1.0, problem.generator)
-                x = x - self.alpha * math.sqrt((1 + sigma**2) * (1 + sigma_next**2)) * grad
                 target = problem.y
                 if sigma_next > 0:
                     target = target + sigma_next * op(problem.randn())

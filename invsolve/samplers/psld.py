@@ -10,7 +10,8 @@ import torch
 from torch import Tensor
 
 from invsolve.samplers.base import Method, Problem, register
-from invsolve.samplers.latent import latent_problem, ve_step_factor
+from invsolve.samplers.latent import latent_problem
+from invsolve.samplers.updates import ve_step_factor
 from invsolve.samplers.updates import ddim_step
 
 #: Paper weights (Rout et al. 2023): Stable Diffusion; LDM-FFHQ; LDM-FFHQ super-resolution.

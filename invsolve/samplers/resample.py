@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from invsolve.samplers.base import Method, Problem, register
-from invsolve.samplers.dps import residual_norm_grad
-from invsolve.samplers.latent import latent_problem, minimize_rows, row_mse, ve_step_factor
+from invsolve.samplers.dps import dps_step
+from invsolve.samplers.latent import latent_problem, minimize_rows, row_mse
 from invsolve.samplers.updates import ddim_step
 
 
@@ -131,11 +131,8 @@ class ReSample(Method):
         z = sigmas[0] * latent.randn()
         for i in latent.iterate(range(n), self.name):
             sigma, sigma_next = sigmas[i], sigmas[i + 1]
-            z0, grad = residual_norm_grad(latent, z, sigma)
+            z_next, z0 = dps_step(latent, z, sigma, sigma_next, self.dps_step_size / (1 + sigma**2), self.eta)
             with torch.no_grad():
-                z_next = ddim_step(z0, (z - z0) / sigma, sigma, sigma_next, self.eta, problem.generator)
-                scale = self.dps_step_size * ve_step_factor(sigma, sigma_next) / (1 + sigma**2)
-                z_next = z_next - scale * grad
                 consistency = (
                     (i + 1) % self.interval == 0
                     and i >= self.pixel_start * n

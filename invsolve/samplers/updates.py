@@ -70,3 +70,8 @@ def misfit_gradient(operator: Any, x: Tensor, y: Tensor) -> Tensor:
         misfit = 0.5 * (operator(x) - y).pow(2).sum()
         (grad,) = torch.autograd.grad(misfit, x)
     return grad
+
+
+def ve_step_factor(sigma: float, sigma_next: float) -> float:
+    """``sqrt((1 + sigma^2)(1 + sigma'^2))``: turns a constant VP step size into VE form (ALGORITHMS.md)."""
+    return math.sqrt((1 + sigma**2) * (1 + sigma_next**2))
