@@ -1,13 +1,23 @@
-"""Diffusion priors: analytic Gaussian / mixture priors and pretrained diffusers models."""
+"""Diffusion priors: analytic Gaussian / mixture priors, diffusers pixel and latent models,
+ADM checkpoints, the bundled default, and wrappers (tiling, clipping)."""
 
+from priors.adm import ADMPrior, load_adm, resolve_adm_checkpoint
+from priors.adm_unet import ADMConfig, ADMUNet
 from priors.base import LatentPrior, Prior, is_latent_prior, is_prior
+from priors.bundled import bundled
+from priors.clipped import ClippedPrior
 from priors.diffusers_latent import DiffusersLatentPrior, TextConditionedDenoiser
 from priors.diffusers_pixel import DiffusersPixelPrior
 from priors.gaussian import GaussianMixturePrior, GaussianPrior
 from priors.loading import load_prior
 from priors.tiled import Tiled, TiledLatent
+from priors.vp import VPDenoiser
 
 __all__ = [
+    "ADMConfig",
+    "ADMPrior",
+    "ADMUNet",
+    "ClippedPrior",
     "DiffusersLatentPrior",
     "DiffusersPixelPrior",
     "GaussianMixturePrior",
@@ -17,13 +27,11 @@ __all__ = [
     "TextConditionedDenoiser",
     "Tiled",
     "TiledLatent",
+    "VPDenoiser",
+    "bundled",
     "is_latent_prior",
     "is_prior",
+    "load_adm",
     "load_prior",
+    "resolve_adm_checkpoint",
 ]
-
-from priors.adm import ADMPrior, load_adm, resolve_adm_checkpoint  # noqa: E402
-from priors.adm_unet import ADMConfig, ADMUNet  # noqa: E402
-from priors.vp import VPDenoiser  # noqa: E402
-
-__all__ += ["ADMConfig", "ADMPrior", "ADMUNet", "VPDenoiser", "load_adm", "resolve_adm_checkpoint"]

@@ -276,7 +276,17 @@ class Tiled(Prior):
 
 class TiledLatent(Tiled):
     """:class:`Tiled` around a latent prior: tiles in latent space (``tile`` in latent
-    pixels), with ``encode``, ``decode`` and ``latent_shape`` of the inner prior."""
+    pixels), with ``encode``, ``decode``, ``latent_shape`` and the text conditioning
+    (``text_conditioned``, ``set_prompt``) of the inner prior."""
+
+    @property
+    def text_conditioned(self) -> bool:
+        return bool(getattr(self.prior, "text_conditioned", False))
+
+    def set_prompt(self, prompt: str = "", guidance_scale: float = 1.0) -> None:
+        if not hasattr(self.prior, "set_prompt"):
+            raise ValueError(f"{type(self.prior).__name__} takes no text prompt")
+        self.prior.set_prompt(prompt, guidance_scale)
 
     def encode(self, x: Tensor) -> Tensor:
         return self.prior.encode(x)

@@ -10,6 +10,10 @@ The bundled prior is fully convolutional, so by default it runs on the whole ima
 Prints one line: time, time per step, NFE, PSNR and peak memory (CUDA: peak allocated
 during the solve; CPU: the process's peak resident set size, which cannot be reset,
 so run one configuration per process).  Writes no files.
+
+On Linux, glibc keeps freed blocks in the process after its adaptive mmap threshold
+has grown, so the CPU peak then overstates the memory in use; run with
+``MALLOC_MMAP_THRESHOLD_=131072`` for a peak that tracks live tensors.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Tasks (measurement noise std 0.05 on [-1, 1], one fixed noise draw per crop):
   the measurement;
 * ``inpaint``: 32x32 centre box (no baseline; judge the PNG).
 
-The prior is wrapped in ``priors.bundled.ClippedPrior`` (denoiser output clamped
+The prior is wrapped in ``priors.ClippedPrior`` (denoiser output clamped
 to [-1, 1], sampling started at sigma 10) unless ``--no-clip``.
 The crops are ``photo_split.HELDOUT_CROPS`` (never seen in training); the
 methods' hyperparameters were tuned on the separate ``TUNING_CROPS``
@@ -42,7 +42,7 @@ from invsolve.io import save_image
 from invsolve.metrics import psnr, ssim
 from photo_split import HELDOUT_CROPS, TUNING_CROPS, heldout_crops
 from priors import load_prior
-from priors.bundled import ClippedPrior
+from priors.clipped import ClippedPrior
 
 NOISE_SIGMA = 0.05
 DENOISE_SIGMA = 0.2
@@ -64,7 +64,7 @@ class Task:
 #: Methods chosen on the tuning crops (DDRM, DDNM, DiffPIR, PiGDM tried at 20 steps): the mean of
 #: four samples for the PSNR-scored tasks, one sample for the inpainting fill.
 TASKS: dict[str, Task] = {
-    "deblur": Task("gaussian_blur", {"kernel_size": 61, "sigma": 3.0, "padding": "circular"}, "ddrm", 20, samples=4),
+    "deblur": Task("gaussian_blur", {"kernel_size": 61, "sigma": 3.0, "padding": "circular"}, "pigdm", 20, samples=4),
     "sr": Task("super_resolution", {"factor": 4, "method": "bicubic"}, "pigdm", 20, samples=4),
     "inpaint": Task("inpainting", {"mask": "box", "size": 32, "position": "center"}, "ddnm", 20),
 }

@@ -11,7 +11,8 @@ import torch
 from invsolve.io import load_image
 from invsolve.metrics import psnr
 from priors import GaussianMixturePrior, load_prior
-from priors.bundled import ClippedPrior, assets_root, bundled, bundled_path
+from priors.bundled import assets_root, bundled, bundled_path
+from priors.clipped import ClippedPrior
 
 NAME = "natural-64"
 SIGMA = 0.2

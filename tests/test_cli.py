@@ -149,16 +149,15 @@ def test_list_names_every_operator_and_method(capsys):
     assert "gaussian_blur" in stdout and "dps" in stdout and "priors" in stdout
 
 
-@pytest.mark.parametrize("found", [["tiny-prior"], {"tiny-prior": "a test prior"}])
-def test_list_shows_bundled_priors(found, monkeypatch, capsys):
+def test_list_shows_bundled_priors_and_presets(monkeypatch, capsys):
     import priors
 
-    monkeypatch.setattr(priors, "bundled", lambda: found, raising=False)
+    monkeypatch.setattr(priors, "bundled", lambda: ["tiny-prior"])
     assert main(["list"]) == 0
-    priors_section = capsys.readouterr().out.split("priors", 1)[1]
+    out = capsys.readouterr().out
+    priors_section = out.split("priors", 1)[1]
     assert re.search(r"^  tiny-prior +bundled", priors_section, re.MULTILINE)
-    if isinstance(found, dict):
-        assert "a test prior" in priors_section
+    assert re.search(r"^  gauss61$", out.split("presets", 1)[1], re.MULTILINE)
 
 
 BAD_INPUTS = {

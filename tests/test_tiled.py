@@ -325,6 +325,45 @@ def test_latent_priors_tile_in_latent_space():
     torch.testing.assert_close(tiled.decode(z), F.interpolate(z, scale_factor=2, mode="nearest"))
 
 
+def test_solve_tiles_a_fixed_size_latent_prior_in_latent_space(monkeypatch):
+    """A KL autoencoder (factor 2) and an attention UNet on 8 x 8 latents: a 40 x 56 image
+    (latents 20 x 28) is solved with latent DPS on 8 x 8 latent tiles."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
+
+    from priors import DiffusersLatentPrior, DiffusersPixelPrior
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        autoencoder = AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+            norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        ).eval().requires_grad_(False)
+        unet = UNet2DModel(
+            sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+            norm_num_groups=4, down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2,
+            add_attention=True, attention_head_dim=8,
+        ).eval().requires_grad_(False)
+    denoiser = DiffusersPixelPrior.from_scheduler(unet, DDPMScheduler(num_train_timesteps=100))
+    prior = DiffusersLatentPrior(denoiser, autoencoder)
+    assert prior.data_shape == (4, 8, 8)
+    assert not Tiled(prior).text_conditioned
+    with pytest.raises(ValueError, match="no text encoder"):
+        Tiled(prior).set_prompt("a photo")
+    seen, original = [], DiffusersPixelPrior.denoise
+
+    def spy(self, x, sigma):
+        seen.append(tuple(x.shape))
+        return original(self, x, sigma)
+
+    monkeypatch.setattr(DiffusersPixelPrior, "denoise", spy)
+    operator = operators.build("denoising")
+    y = torch.rand(1, 3, 40, 56, generator=torch.Generator().manual_seed(13)) * 2 - 1
+    result = solve(y, operator, prior, method="latent_dps", steps=2, seed=0, noise_sigma=0.05, progress=False)
+    assert result.image.shape == (1, 3, 40, 56) and torch.isfinite(result.image).all()
+    assert result.options["tiling"]["tile"] == [8, 8]
+    assert seen and all(shape[1:] == (4, 8, 8) for shape in seen)
+
+
 # ----------------------------------------------------------------------------- CLI, 300 x 500
 
 

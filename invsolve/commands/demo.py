@@ -6,7 +6,7 @@ std 3 with circular boundaries, and Gaussian noise of std 0.05 (on [-1, 1]) is
 added.  The restoration is the mean of a few posterior samples (a Monte Carlo
 estimate of the MMSE estimate, which maximises expected PSNR), drawn with the
 prior's denoiser clamped to [-1, 1] and sampling started at sigma 10
-(:class:`priors.bundled.ClippedPrior`).  One PNG, measurement | restoration |
+(:class:`priors.ClippedPrior`).  One PNG, measurement | restoration |
 ground truth, is written and the PSNR / SSIM and the time are printed.
 """
 
@@ -26,10 +26,10 @@ BLUR = {"kernel_size": 61, "sigma": 3.0, "padding": "circular"}
 NOISE_SIGMA = 0.05
 #: The measurement noise uses ``seed + MEASUREMENT_SEED_OFFSET``, the sampler ``seed``.
 MEASUREMENT_SEED_OFFSET = 1
-DEFAULT_METHOD = "ddrm"
+DEFAULT_METHOD = "pigdm"
 DEFAULT_STEPS = 20
 DEFAULT_SAMPLES = 4
-#: Largest noise level the samplers start from (see :class:`priors.bundled.ClippedPrior`).
+#: Largest noise level the samplers start from (see :class:`priors.ClippedPrior`).
 START_SIGMA = 10.0
 #: Hyperparameters tuned for this problem (held-out tuning crops, scripts/quality_bar.py).
 TUNED_OPTIONS: dict[str, dict[str, float]] = {}
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from invsolve import io, methods, solve
     from invsolve.metrics import psnr, ssim
     from priors import load_prior
-    from priors.bundled import ClippedPrior
+    from priors.clipped import ClippedPrior
 
     if args.method not in methods():
         raise ValueError(f"unknown method {args.method!r}; known methods: {', '.join(sorted(methods()))}")

@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import inspect
 
+import operators
+import priors
+
 #: What ``--prior`` accepts besides bundled names.
 PRIOR_SOURCES = (
     "a local diffusers folder: a UNet2DModel (config.json + weights) with scheduler_config.json, "
     "or a pipeline folder (model_index.json with unet/ and scheduler/)",
     "a Hugging Face hub id of such a model, e.g. google/ddpm-cifar10-32 (downloaded once into the hub cache)",
+    "a latent pipeline folder or hub id: VQModel / AutoencoderKL with a UNet (LDM) or Stable Diffusion",
+    "an ADM (guided-diffusion) checkpoint file: .pt, .pth or .safetensors, e.g. ffhq_10m.pt",
 )
 
 
@@ -34,13 +39,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {source}")
     for name, description in bundled_priors().items():
         print(f"  {name:<12} {description}")
+    print("presets (--preset NAME, the published benchmark tasks):")
+    for name in operators.presets():
+        print(f"  {name}")
     return 0
 
 
 def operator_signatures() -> dict[str, str]:
     """Registered operator names with their constructor arguments, e.g. ``(kernel_size=61, sigma=3.0)``."""
-    import operators
-
     signatures = {}
     for name in operators.available():
         parameters = list(inspect.signature(operators.get(name)).parameters.values())
@@ -62,18 +68,8 @@ def method_lines() -> dict[str, str]:
 
 
 def bundled_priors() -> dict[str, str]:
-    """Priors shipped with invsolve, from ``priors.bundled()`` when that exists."""
-    import priors
-
-    bundled = getattr(priors, "bundled", None)
-    # ``priors.bundled`` may be the function or the module ``priors/bundled.py`` that defines it.
-    bundled = getattr(bundled, "bundled", bundled)
-    if not callable(bundled):
-        return {}
-    found = bundled()
-    if isinstance(found, dict):
-        return {str(name): f"bundled: {description}" for name, description in found.items()}
-    return {str(name): "bundled" for name in found}
+    """Priors shipped with invsolve (``priors.bundled()``)."""
+    return {name: "bundled" for name in priors.bundled()}
 
 
 def _describe(parameter: inspect.Parameter) -> str:
