@@ -4,7 +4,6 @@ ADM checkpoints, the bundled default, and wrappers (tiling, clipping)."""
 from priors.adm import ADMPrior, load_adm, resolve_adm_checkpoint
 from priors.adm_unet import ADMConfig, ADMUNet
 from priors.base import LatentPrior, Prior, is_latent_prior, is_prior
-from priors.bundled import bundled
 from priors.clipped import ClippedPrior
 from priors.diffusers_latent import DiffusersLatentPrior, TextConditionedDenoiser
 from priors.diffusers_pixel import DiffusersPixelPrior
@@ -28,7 +27,6 @@ __all__ = [
     "Tiled",
     "TiledLatent",
     "VPDenoiser",
-    "bundled",
     "is_latent_prior",
     "is_prior",
     "load_adm",

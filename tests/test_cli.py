@@ -150,9 +150,9 @@ def test_list_names_every_operator_and_method(capsys):
 
 
 def test_list_shows_bundled_priors_and_presets(monkeypatch, capsys):
-    import priors
+    from invsolve.commands import list as list_command
 
-    monkeypatch.setattr(priors, "bundled", lambda: ["tiny-prior"])
+    monkeypatch.setattr(list_command, "bundled", lambda: ["tiny-prior"])
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     priors_section = out.split("priors", 1)[1]

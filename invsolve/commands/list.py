@@ -6,7 +6,7 @@ import argparse
 import inspect
 
 import operators
-import priors
+from priors.bundled import bundled
 
 #: What ``--prior`` accepts besides bundled names.
 PRIOR_SOURCES = (
@@ -68,8 +68,8 @@ def method_lines() -> dict[str, str]:
 
 
 def bundled_priors() -> dict[str, str]:
-    """Priors shipped with invsolve (``priors.bundled()``)."""
-    return {name: "bundled" for name in priors.bundled()}
+    """Priors shipped with invsolve (``priors.bundled.bundled()``)."""
+    return {name: "bundled" for name in bundled()}
 
 
 def _describe(parameter: inspect.Parameter) -> str:
