@@ -14,11 +14,10 @@ from invsolve.counting import CountingPrior
 from invsolve.result import Result
 from invsolve.samplers import Problem, registered
 from invsolve.validation import (
-    capabilities,
     check_measurement,
+    check_methods_fit,
     check_prior,
     infer_x_shape,
-    missing_needs,
     needs_tiling,
 )
 from operators.base import FunctionOperator
@@ -46,18 +45,6 @@ def _build_method(cls, options: dict[str, Any]):
             f"its options are: {', '.join(sorted(fields)) or 'none'}"
         )
     return cls(**options)
-
-
-def _check_needs(cls, operator: Any, prior: Any) -> None:
-    caps = capabilities(operator, prior)
-    missing = missing_needs(cls.needs, caps)
-    if missing:
-        working = [name for name, c in sorted(registered().items()) if not missing_needs(c.needs, caps)]
-        raise ValueError(
-            f"method {cls.name!r} needs {', '.join(m.replace('|', ' or ') for m in missing)}, which "
-            f"{type(operator).__name__} with {type(prior).__name__} does not offer; "
-            f"methods that work here: {', '.join(working) or 'none'}"
-        )
 
 
 def solve(
@@ -99,7 +86,7 @@ def solve(
             raise TypeError(f"operator must be an operators.Operator or a callable, got {type(operator).__name__}")
         operator = FunctionOperator(operator)
     check_prior(prior)
-    _check_needs(cls, operator, prior)
+    check_methods_fit([cls.name], registered(), operator, prior)
     noise_sigma = 0.0 if noise_sigma is None else float(noise_sigma)
     check_measurement(measurement, noise_sigma, operator)
     if num_samples < 1:
