@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 from typing import Any, Iterable
 
 import torch
+
+import operators
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _BOOLEANS = {"true": True, "false": False}
@@ -53,3 +56,24 @@ def resolve_device(name: str | None) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"unsupported device {name!r}; use cpu or cuda")
     return device
+
+
+def add_task_arguments(parser: argparse.ArgumentParser, preset_note: str) -> None:
+    """``--operator`` / ``--preset`` (one of them), ``--operator-arg`` and ``--noise-sigma``.
+
+    ``preset_note`` says how the command draws a preset's random mask or kernel.
+    """
+    task = parser.add_mutually_exclusive_group(required=True)
+    task.add_argument("--operator", metavar="NAME", help="forward operator (see 'invsolve list')")
+    task.add_argument(
+        "--preset", choices=operators.presets(), metavar="NAME",
+        help=f"a published benchmark task ({', '.join(operators.presets())}): operator and noise 0.05; {preset_note}",
+    )
+    parser.add_argument(
+        "--operator-arg", action="append", default=[], metavar="KEY=VALUE",
+        help="operator argument, repeatable (values parse as int, float, true/false, else text); not with --preset",
+    )
+    parser.add_argument(
+        "--noise-sigma", type=float, default=None,
+        help="measurement noise std on the [-1, 1] scale (default 0.05, or the preset's; given, it overrides the preset's)",
+    )

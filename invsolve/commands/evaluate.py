@@ -7,7 +7,7 @@ import logging
 import sys
 
 import operators
-from invsolve.commands._arguments import parse_key_values
+from invsolve.commands._arguments import add_task_arguments, parse_key_values
 from invsolve.evaluation import EvaluationSettings, evaluate_folder
 from invsolve.evaluation.runner import METRICS
 
@@ -25,21 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("data_dir", metavar="DATA_DIR", help="folder of PNG / JPEG images (searched recursively)")
-    task = parser.add_mutually_exclusive_group(required=True)
-    task.add_argument("--operator", metavar="NAME", help="forward operator (see 'invsolve list')")
-    task.add_argument(
-        "--preset", choices=operators.presets(), metavar="NAME",
-        help=f"a published benchmark task ({', '.join(operators.presets())}): operator and noise 0.05; random "
-        "masks are drawn per image from its file name and --seed, the motion kernel once from --seed",
-    )
-    parser.add_argument(
-        "--operator-arg", action="append", default=[], metavar="KEY=VALUE",
-        help="operator argument, repeatable (values parse as int, float, true/false, else text); not with --preset",
-    )
-    parser.add_argument(
-        "--noise-sigma", type=float, default=None,
-        help="measurement noise std on the [-1, 1] scale (default 0.05, or the preset's; given, it overrides the preset's)",
-    )
+    add_task_arguments(parser, preset_note='random masks are drawn per image from its file name and --seed, the motion kernel once from --seed')
     parser.add_argument("--prior", required=True, metavar="PATH_OR_ID", help="diffusers folder, bundled name or hub id")
     parser.add_argument(
         "--methods", required=True, metavar="M1,M2", help="comma-separated methods (see 'invsolve list')"

@@ -17,7 +17,7 @@ import priors
 from operators.base import Operator
 from invsolve import io
 from invsolve.api import methods, solve
-from invsolve.commands._arguments import parse_key_values, resolve_device
+from invsolve.commands._arguments import add_task_arguments, parse_key_values, resolve_device
 from invsolve.metrics import psnr
 from invsolve.result import Result
 from invsolve.validation import infer_x_shape
@@ -40,21 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("input", nargs="?", metavar="INPUT", help="clean image (may be omitted with --measurement)")
-    task = parser.add_mutually_exclusive_group(required=True)
-    task.add_argument("--operator", metavar="NAME", help="forward operator (see 'invsolve list')")
-    task.add_argument(
-        "--preset", choices=operators.presets(), metavar="NAME",
-        help=f"a published benchmark task ({', '.join(operators.presets())}): operator and noise 0.05; "
-        "its random mask or kernel is drawn from --seed",
-    )
-    parser.add_argument(
-        "--operator-arg", action="append", default=[], metavar="KEY=VALUE",
-        help="operator argument, repeatable (values parse as int, float, true/false, else text); not with --preset",
-    )
-    parser.add_argument(
-        "--noise-sigma", type=float, default=None,
-        help="measurement noise std on the [-1, 1] scale (default 0.05, or the preset's; given, it overrides the preset's)",
-    )
+    add_task_arguments(parser, preset_note='its random mask or kernel is drawn from --seed')
     parser.add_argument("--prior", required=True, metavar="PATH_OR_ID", help="diffusers folder or hub id")
     parser.add_argument("--method", default="dps", help="sampling method (default dps; see 'invsolve list')")
     parser.add_argument(
