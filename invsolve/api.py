@@ -47,6 +47,17 @@ def _build_method(cls, options: dict[str, Any]):
     return cls(**options)
 
 
+def working_dtype(measurement_dtype: torch.dtype, prior_dtype: torch.dtype | None) -> torch.dtype:
+    """The sampler's dtype: the more precise of measurement and network, and at least float32.
+
+    A half-precision network (float16 / bfloat16) keeps its own dtype inside
+    ``denoise``; the sampler's state, the data-consistency steps and the operator
+    run in float32, where low-precision FFTs and accumulated updates would lose
+    accuracy (and CUDA has no bfloat16 FFT).
+    """
+    return torch.promote_types(torch.promote_types(measurement_dtype, prior_dtype or measurement_dtype), torch.float32)
+
+
 def solve(
     measurement: Tensor,
     operator: Any,
@@ -102,7 +113,7 @@ def solve(
         prior.reseed(seed)
 
     device = getattr(prior, "device", None) or measurement.device
-    dtype = getattr(prior, "dtype", None) or measurement.dtype
+    dtype = working_dtype(measurement.dtype, getattr(prior, "dtype", None))
     y = measurement.to(device=device, dtype=dtype).repeat(num_samples, *([1] * (measurement.ndim - 1)))
     counted = CountingPrior(prior)
     problem = Problem(

@@ -37,7 +37,7 @@ from torch import Tensor
 
 import operators
 from invsolve import solve
-from invsolve.commands._arguments import parse_key_values
+from invsolve.commands._arguments import parse_key_values, resolve_device
 from invsolve.io import save_image
 from invsolve.metrics import psnr, ssim
 from photo_split import HELDOUT_CROPS, TUNING_CROPS, heldout_crops
@@ -98,6 +98,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     return parser.parse_args()
 
 
@@ -124,10 +125,10 @@ def configure(args: argparse.Namespace) -> dict[str, Task]:
 def tikhonov_deblur(operator, y: Tensor, lam: float) -> Tensor:
     """Gradient-regularised Tikhonov deconvolution of a circular blur, in Fourier."""
     height, width = y.shape[-2:]
-    delta = torch.zeros(1, 1, height, width, dtype=torch.float64)
+    delta = torch.zeros(1, 1, height, width, dtype=torch.float64, device=y.device)
     delta[..., 0, 0] = 1
     spectrum = torch.fft.rfft2(operator(delta))
-    dh = torch.zeros(height, width, dtype=torch.float64)
+    dh = torch.zeros(height, width, dtype=torch.float64, device=y.device)
     dh[0, 0], dh[0, -1] = 1, -1
     gradient = torch.fft.rfft2(dh).abs().square() + torch.fft.rfft2(dh.T.contiguous()).abs().square()
     estimate = torch.fft.irfft2(
@@ -139,7 +140,7 @@ def tikhonov_deblur(operator, y: Tensor, lam: float) -> Tensor:
 def check_circular(operator, x: Tensor) -> None:
     """The Tikhonov baseline assumes a circular convolution; check it on ``x``."""
     height, width = x.shape[-2:]
-    delta = torch.zeros(1, 1, height, width, dtype=torch.float64)
+    delta = torch.zeros(1, 1, height, width, dtype=torch.float64, device=x.device)
     delta[..., 0, 0] = 1
     spectrum = torch.fft.rfft2(operator(delta))
     direct = operator(x.double())
@@ -191,34 +192,44 @@ def row(task: str, method: str, steps: int, image: Tensor, clean: Tensor, second
     }
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall-clock timings cover it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     tasks = configure(args)
-    prior = load_prior(args.prior)
+    device = resolve_device(args.device)
+    prior = load_prior(args.prior, device=device)
     prior = prior if args.no_clip else ClippedPrior(prior, sigma_max=args.start_sigma)
-    clean = heldout_crops(places=HELDOUT_CROPS if args.crop_set == "eval" else TUNING_CROPS)[: args.crops]
+    clean = heldout_crops(places=HELDOUT_CROPS if args.crop_set == "eval" else TUNING_CROPS)[: args.crops].to(device)
     n = clean.shape[0]
     args.output_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for name in args.tasks:
         generator = torch.Generator().manual_seed(args.seed + 1)
         if name == "denoise":
-            noisy = clean + DENOISE_SIGMA * torch.randn(clean.shape, generator=generator)
+            noisy = clean + DENOISE_SIGMA * torch.randn(clean.shape, generator=generator).to(device)
+            sigma = torch.full((n,), DENOISE_SIGMA, device=device)
             with torch.no_grad():
-                prior.denoise(noisy[:1], torch.full((1,), DENOISE_SIGMA))  # warm-up call, not timed
+                prior.denoise(noisy[:1], sigma[:1])  # warm-up call, not timed
+            synchronize(device)
             start = time.perf_counter()
             with torch.no_grad():
-                denoised = prior.denoise(noisy, torch.full((n,), DENOISE_SIGMA))
+                denoised = prior.denoise(noisy, sigma)
+            synchronize(device)
             seconds = (time.perf_counter() - start) / n
             results.append(row(name, f"noisy input (sigma {DENOISE_SIGMA})", 0, noisy, clean, 0.0))
             results.append(row(name, f"{args.prior} denoiser", 1, denoised, clean, seconds))
-            save_image(grid([noisy, denoised, clean]), args.output_dir / f"{name}.png")
+            save_image(grid([noisy.cpu(), denoised.cpu(), clean.cpu()]), args.output_dir / f"{name}.png")
             continue
         task = tasks[name]
         operator = operators.build(task.operator, **task.operator_args)
-        y = operator.measure(clean, NOISE_SIGMA, generator=generator)
+        y = operator.measure(clean.cpu(), NOISE_SIGMA, generator=generator).to(device)
         label, reference = baseline(name, operator, y, clean)
         result = solve(
             y, operator, prior, method=task.method, steps=task.steps, seed=args.seed,
@@ -229,7 +240,7 @@ def main() -> None:
         described = task.method + (f" {task.options}" if task.options else "")
         described += f", mean of {task.samples} samples" if task.samples > 1 else ""
         results.append(row(name, described, task.steps, restored, clean, result.seconds / n))
-        save_image(grid([as_image(y, clean), reference, restored, clean]), args.output_dir / f"{name}.png")
+        save_image(grid([as_image(y, clean).cpu(), reference.cpu(), restored.cpu(), clean.cpu()]), args.output_dir / f"{name}.png")
 
     print("| task | method | steps | PSNR (dB) | SSIM | s / image |")
     print("|---|---|---|---|---|---|")

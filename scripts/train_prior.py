@@ -105,19 +105,33 @@ def multiscale_regions(crop: int) -> list[torch.Tensor]:
 
 
 def sample_batch(regions: list[torch.Tensor], batch: int, crop: int, generator: torch.Generator) -> torch.Tensor:
-    """Random crops with random horizontal flips and 90-degree rotations, (batch, 3, crop, crop)."""
-    picks = torch.randint(len(regions), (batch,), generator=generator).tolist()
-    crops = []
-    for index in picks:
+    """Random crops with random horizontal flips and 90-degree rotations, (batch, 3, crop, crop).
+
+    Crops are gathered with one indexing operation per region drawn and augmented
+    with one operation per flip / rotation group, so a large GPU batch costs a few
+    dozen kernel launches rather than several per crop. Offsets come from the CPU
+    ``generator``; the crops stay on the regions' device.
+    """
+    picks = torch.randint(len(regions), (batch,), generator=generator)
+    fractions = torch.rand(batch, 2, generator=generator, dtype=torch.float64)
+    flips = torch.randint(2, (batch,), generator=generator).bool()
+    turns = torch.randint(4, (batch,), generator=generator)
+    device = regions[0].device
+    span = torch.arange(crop)
+    crops = torch.empty(batch, 3, crop, crop, device=device)
+    for index in picks.unique().tolist():
+        members = (picks == index).nonzero().flatten()
         region = regions[index]
-        top = int(torch.randint(region.shape[1] - crop + 1, (1,), generator=generator))
-        left = int(torch.randint(region.shape[2] - crop + 1, (1,), generator=generator))
-        piece = region[:, top : top + crop, left : left + crop]
-        if bool(torch.randint(2, (1,), generator=generator)):
-            piece = piece.flip(-1)
-        piece = torch.rot90(piece, int(torch.randint(4, (1,), generator=generator)), dims=(1, 2))
-        crops.append(piece)
-    return torch.stack(crops)
+        tops = (fractions[members, 0] * (region.shape[1] - crop + 1)).long()
+        lefts = (fractions[members, 1] * (region.shape[2] - crop + 1)).long()
+        rows = (tops[:, None] + span)[:, :, None]
+        cols = (lefts[:, None] + span)[:, None, :]
+        crops[members.to(device)] = region[:, rows.to(device), cols.to(device)].transpose(0, 1)
+    crops = torch.where(flips.to(device).view(-1, 1, 1, 1), crops.flip(-1), crops)
+    for quarter in (1, 2, 3):
+        members = (turns == quarter).nonzero().flatten().to(device)
+        crops[members] = torch.rot90(crops[members], quarter, dims=(2, 3))
+    return crops
 
 
 class EMA:
@@ -130,8 +144,8 @@ class EMA:
     @torch.no_grad()
     def update(self, model: torch.nn.Module, step: int) -> None:
         decay = min(self.decay, (1 + step) / (10 + step))
-        for ema_param, param in zip(self.model.parameters(), model.parameters()):
-            ema_param.lerp_(param.detach().to(ema_param.dtype), 1 - decay)
+        targets = [param.detach().to(ema_param.dtype) for ema_param, param in zip(self.model.parameters(), model.parameters())]
+        torch._foreach_lerp_(list(self.model.parameters()), targets, 1 - decay)
 
 
 def export(ema: EMA, scheduler: DDPMScheduler, output: Path) -> None:
@@ -139,7 +153,9 @@ def export(ema: EMA, scheduler: DDPMScheduler, output: Path) -> None:
     DDPMPipeline(unet=ema.model, scheduler=scheduler).save_pretrained(output, safe_serialization=True)
 
 
-def save_checkpoint(path: Path, unwrapped: torch.nn.Module, ema: EMA, optimizer, step: int, generator) -> None:
+def save_checkpoint(
+    path: Path, unwrapped: torch.nn.Module, ema: EMA, optimizer, step: int, generator, noise_generator
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "model": unwrapped.state_dict(),
@@ -147,6 +163,7 @@ def save_checkpoint(path: Path, unwrapped: torch.nn.Module, ema: EMA, optimizer,
         "optimizer": optimizer.state_dict(),
         "step": torch.tensor(step),
         "generator": generator.get_state(),
+        f"noise_generator_{noise_generator.device.type}": noise_generator.get_state(),
     }
     temporary = path.with_suffix(".tmp")
     torch.save(state, temporary)
@@ -171,7 +188,9 @@ def main() -> None:
         gradient_accumulation_steps=args.gradient_accumulation_steps,
     )
     generator = torch.Generator().manual_seed(args.seed + accelerator.process_index)
-    torch.manual_seed(args.seed)  # only the initial weights; data and noise use `generator`
+    noise_generator = torch.Generator(accelerator.device).manual_seed(args.seed + 1000 + accelerator.process_index)
+    torch.manual_seed(args.seed)  # only the initial weights; data and noise use the generators
+    torch.backends.cudnn.benchmark = True
 
     unet = build_unet(args.channels, args.layers_per_block, args.crop).to(memory_format=torch.channels_last)
     scheduler = build_scheduler()
@@ -186,11 +205,14 @@ def main() -> None:
         optimizer.load_state_dict(state["optimizer"])
         step = int(state["step"])
         generator.set_state(state["generator"])
+        noise_key = f"noise_generator_{noise_generator.device.type}"
+        if noise_key in state:
+            noise_generator.set_state(state[noise_key])
         accelerator.print(f"resumed from {checkpoint} at step {step}")
     ema.model.to(accelerator.device)
     unet, optimizer = accelerator.prepare(unet, optimizer)
 
-    regions = multiscale_regions(args.crop)
+    regions = [region.to(accelerator.device) for region in multiscale_regions(args.crop)]
     alphas_cumprod = scheduler.alphas_cumprod.to(accelerator.device)
     log_path = args.output / "loss_log.csv"
     if accelerator.is_main_process:
@@ -202,16 +224,18 @@ def main() -> None:
 
     start = time.monotonic()
     last_export = start
-    window: list[float] = []
+    window_sum = torch.zeros((), device=accelerator.device)
+    window_count = 0
     progress = tqdm(total=args.max_steps, initial=step, disable=not accelerator.is_main_process, desc="train")
     unet.train()
     while step < args.max_steps and time.monotonic() - start < args.max_minutes * 60:
         with accelerator.accumulate(unet):
             x0 = sample_batch(regions, args.batch_size, args.crop, generator)
-            x0 = x0.to(accelerator.device, memory_format=torch.channels_last)
-            noise = torch.randn(x0.shape, generator=generator).to(accelerator.device)
-            t = torch.randint(scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator)
-            t = t.to(accelerator.device)
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+            noise = torch.randn(x0.shape, generator=noise_generator, device=x0.device)
+            t = torch.randint(
+                scheduler.config.num_train_timesteps, (x0.shape[0],), generator=noise_generator, device=x0.device
+            )
             abar = alphas_cumprod[t].view(-1, 1, 1, 1)
             xt = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
             loss = F.mse_loss(unet(xt, t).sample.float(), noise)
@@ -222,7 +246,8 @@ def main() -> None:
                 group["lr"] = args.lr * min(1.0, (step + 1) / args.warmup_steps)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        window.append(loss.item())
+        window_sum += loss.detach()
+        window_count += 1
         if not accelerator.sync_gradients:
             continue
         step += 1
@@ -231,8 +256,9 @@ def main() -> None:
         if step % args.log_every == 0 and accelerator.device.type == "cpu":
             adapt_threads(args.threads)
         if step % args.log_every == 0 and accelerator.is_main_process:
-            mean_loss = sum(window) / len(window)
-            window.clear()
+            mean_loss = window_sum.item() / window_count
+            window_sum.zero_()
+            window_count = 0
             progress.set_postfix(loss=f"{mean_loss:.4f}")
             with open(log_path, "a", newline="") as handle:
                 csv.writer(handle).writerow(
@@ -242,12 +268,12 @@ def main() -> None:
             last_export = time.monotonic()
             if accelerator.is_main_process:
                 export(ema, scheduler, args.output)
-                save_checkpoint(checkpoint, accelerator.unwrap_model(unet), ema, optimizer, step, generator)
+                save_checkpoint(checkpoint, accelerator.unwrap_model(unet), ema, optimizer, step, generator, noise_generator)
     progress.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         export(ema, scheduler, args.output)
-        save_checkpoint(checkpoint, accelerator.unwrap_model(unet), ema, optimizer, step, generator)
+        save_checkpoint(checkpoint, accelerator.unwrap_model(unet), ema, optimizer, step, generator, noise_generator)
         accelerator.print(f"stopped at step {step}; exported to {args.output}")
 
 

@@ -282,6 +282,34 @@ def test_low_precision_network_returns_the_input_dtype(saved) -> None:
     assert (error > 0).all() and (error < 0.05 * (1 + sigma)).all()
 
 
+def test_low_precision_network_keeps_the_sampler_in_float32(saved) -> None:
+    """With a bfloat16 network the sampler state and the FFT blur stay in float32 (no bfloat16 FFT exists)."""
+    import operators
+    from invsolve import solve
+
+    low = load_prior(saved / "ddpm", dtype=torch.bfloat16)
+    blur = operators.build("gaussian_blur", kernel_size=5, sigma=1.0, padding="circular")
+    y = blur(torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1)
+    result = solve(y, blur, low, method="pigdm", steps=3, seed=0, noise_sigma=0.05, progress=False)
+    assert result.samples.dtype == torch.float32 and torch.isfinite(result.samples).all()
+
+
+@pytest.mark.parametrize(
+    ("measurement", "network", "expected"),
+    [
+        (torch.float32, torch.bfloat16, torch.float32),
+        (torch.bfloat16, torch.float16, torch.float32),
+        (torch.float32, torch.float64, torch.float64),
+        (torch.float64, torch.float32, torch.float64),
+        (torch.float32, None, torch.float32),
+    ],
+)
+def test_working_dtype_is_the_more_precise_and_at_least_float32(measurement, network, expected) -> None:
+    from invsolve.api import working_dtype
+
+    assert working_dtype(measurement, network) == expected
+
+
 def test_load_prior_takes_schedule_and_prediction_from_any_scheduler(saved) -> None:
     """A DDIMPipeline folder with a cosine schedule and v-prediction."""
     prior = load_prior(saved / "ddim", dtype="float64")
