@@ -8,6 +8,7 @@ from priors.clipped import ClippedPrior
 from priors.diffusers_latent import DiffusersLatentPrior, TextConditionedDenoiser
 from priors.diffusers_pixel import DiffusersPixelPrior
 from priors.gaussian import GaussianMixturePrior, GaussianPrior
+from priors.image_format import fixed_size, image_mode
 from priors.loading import load_prior
 from priors.tiled import Tiled, TiledLatent
 from priors.vp import VPDenoiser
@@ -27,6 +28,8 @@ __all__ = [
     "Tiled",
     "TiledLatent",
     "VPDenoiser",
+    "fixed_size",
+    "image_mode",
     "is_latent_prior",
     "is_prior",
     "load_adm",

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from priors.base import Prior
+from priors.wrapper import PriorWrapper
 
 
-class ClippedPrior(Prior):
+class ClippedPrior(PriorWrapper):
     r"""A prior whose denoiser output is clamped to the data range ``[low, high]``.
 
     When the clean data lie in the box ``[low, high]^n`` (images in [-1, 1]), so does
@@ -44,11 +43,3 @@ class ClippedPrior(Prior):
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         return self.prior.denoise(x, sigma).clamp(self.low, self.high)
-
-    @property
-    def device(self) -> torch.device | None:
-        return getattr(self.prior, "device", None)
-
-    @property
-    def dtype(self) -> torch.dtype | None:
-        return getattr(self.prior, "dtype", None)

@@ -10,7 +10,8 @@ import torch
 from torch import Tensor
 import torch.utils.checkpoint
 
-from priors.base import Prior, is_latent_prior, is_prior
+from priors.base import is_latent_prior, is_prior
+from priors.wrapper import PriorWrapper
 
 #: Tile side used when neither ``tile`` nor the inner prior's ``data_shape`` gives one.
 DEFAULT_TILE = 256
@@ -90,7 +91,7 @@ class TileAxis:
         return torch.zeros(self.total, dtype=window.dtype).index_add_(0, positions, window.repeat(self.count))
 
 
-class Tiled(Prior):
+class Tiled(PriorWrapper):
     r"""A prior evaluated on overlapping, shifted tiles: any image size, bounded memory.
 
     ``denoise(x, sigma)`` extends ``x`` (N, C, H, W) by symmetric reflection so that a
@@ -184,14 +185,6 @@ class Tiled(Prior):
         self.sigma_max = prior.sigma_max
         self.last_offsets: tuple[int, int] | None = None
         self.reseed(seed)
-
-    @property
-    def device(self) -> torch.device | None:
-        return getattr(self.prior, "device", None)
-
-    @property
-    def dtype(self) -> torch.dtype | None:
-        return getattr(self.prior, "dtype", None)
 
     def reseed(self, seed: int) -> None:
         """Restart the sequence of grid offsets from ``seed``."""

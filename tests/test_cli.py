@@ -122,6 +122,15 @@ def test_super_resolution_restores_from_the_small_image(prior_dir, tmp_path):
     assert png(out).shape == (SIZE, SIZE, 3)
 
 
+def test_restore_defaults_to_the_bundled_prior(clean_png, tmp_path, capsys):
+    """Without --prior the bundled natural-64 restores the image at its own size."""
+    out = tmp_path / "bundled.png"
+    status = main(["restore", str(clean_png), "--operator", "gaussian_blur", "--operator-arg", "kernel_size=5",
+                   "--method", "pigdm", "--steps", "2", "--device", "cpu", "--output", str(out), "--quiet"])
+    assert status == 0 and "restored:" in capsys.readouterr().out
+    assert Image.open(out).size == Image.open(clean_png).size
+
+
 def test_python_dash_m_entry_point_with_samples_and_strip(prior_dir, clean_png, tmp_path):
     out = tmp_path / "sub" / "restored.png"
     args = restore_args([clean_png], prior_dir, out, "--num-samples", "2", "--compare")

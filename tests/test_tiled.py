@@ -439,9 +439,12 @@ def test_cli_restores_300x500_with_a_fully_convolutional_64px_prior(saved_priors
     assert not tiled_calls  # the UNet pads and crops by itself
 
 
-def test_cli_restores_300x500_with_a_fixed_size_prior(saved_priors, photo_300x500, tmp_path, tiled_calls):
+@pytest.mark.parametrize("source", ["clean input", "measurement"])
+def test_cli_restores_300x500_with_a_fixed_size_prior(saved_priors, photo_300x500, tmp_path, tiled_calls, source):
+    """A clean INPUT keeps its size too (no crop to the prior's 32x32); the prior is tiled."""
     out = tmp_path / "restored.png"
-    printed = restore("--measurement", photo_300x500, "--prior", saved_priors / "attention-32", "--output", out)
-    assert "restored:" in printed
+    image = [photo_300x500] if source == "clean input" else ["--measurement", photo_300x500]
+    printed = restore(*image, "--prior", saved_priors / "attention-32", "--output", out)
+    assert "restored:" in printed and "overlapping tiles" in printed
     assert np.asarray(Image.open(out)).shape == (300, 500, 3)
     assert tiled_calls and all(call[-2:] == (300, 500) for call in tiled_calls)

@@ -26,7 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("data_dir", metavar="DATA_DIR", help="folder of PNG / JPEG images (searched recursively)")
     add_task_arguments(parser, preset_note='random masks are drawn per image from its file name and --seed, the motion kernel once from --seed')
-    parser.add_argument("--prior", required=True, metavar="PATH_OR_ID", help="diffusers folder, bundled name or hub id")
+    parser.add_argument(
+        "--prior", default="natural-64", metavar="PATH_OR_ID",
+        help="diffusers folder, bundled name or hub id (default: the bundled natural-64)",
+    )
     parser.add_argument(
         "--methods", required=True, metavar="M1,M2", help="comma-separated methods (see 'invsolve list')"
     )

@@ -41,7 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("input", nargs="?", metavar="INPUT", help="clean image (may be omitted with --measurement)")
     add_task_arguments(parser, preset_note='its random mask or kernel is drawn from --seed')
-    parser.add_argument("--prior", required=True, metavar="PATH_OR_ID", help="diffusers folder or hub id")
+    parser.add_argument(
+        "--prior", default="natural-64", metavar="PATH_OR_ID",
+        help="diffusers folder, bundled name or hub id (default: the bundled natural-64)",
+    )
     parser.add_argument("--method", default="dps", help="sampling method (default dps; see 'invsolve list')")
     parser.add_argument(
         "--method-arg", action="append", default=[], metavar="KEY=VALUE",
@@ -58,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--size", type=int, default=None, metavar="S",
-        help="centre-crop and resize INPUT to S x S (default: the prior's size, if it has one)",
+        help="centre-crop and resize INPUT to S x S (default: keep its size; fixed-size priors are tiled)",
     )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--measurement", metavar="FILE", help="an already degraded image to restore")
@@ -78,15 +81,12 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
 
     prior = priors.load_prior(args.prior, device=device)
-    latent = priors.is_latent_prior(prior)
-    mode = _image_mode(prior, latent)
-    size = args.size or _prior_size(prior, latent)
+    mode = priors.image_mode(prior)
     notes = []
     clean = None
     if args.input:
+        size = None if args.size is None else (args.size, args.size)
         clean = io.load_image(args.input, size=size, mode=mode).to(device)
-        if args.size is None and size is not None:
-            notes.append(f"INPUT centre-cropped and resized to {size[0]}x{size[1]}, the prior's size")
     y = _measurement(args, operator, clean, mode, device)
     try:
         x_shape = infer_x_shape(y, operator, prior, None if clean is None else tuple(clean.shape))
@@ -99,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
         num_samples=args.num_samples, noise_sigma=args.noise_sigma, progress=not args.quiet,
         x_shape=x_shape, **method_options,
     )
+    if "tiling" in result.options:
+        height, width = result.options["tiling"]["tile"]
+        notes.append(f"the prior is fixed at {height}x{width}; the image was restored in overlapping tiles")
     restored = result.mean if args.num_samples > 1 else result.image
     written = [io.save_image(restored, args.output)]
     if not args.measurement:
@@ -164,25 +167,6 @@ def _check_arguments(args: argparse.Namespace) -> None:
 def _task(args: argparse.Namespace) -> str:
     """``'NAME'`` of ``--operator`` or ``of preset 'NAME'`` for messages."""
     return f"of preset {args.preset!r}" if args.preset is not None else repr(args.operator)
-
-
-def _image_mode(prior: object, latent: bool) -> str:
-    """``"L"`` or ``"RGB"`` from the prior's channel count (pixel priors; latent priors decode RGB)."""
-    shape = getattr(prior, "data_shape", None)
-    if latent:
-        channels = 3
-    elif shape is not None:
-        channels = shape[0]
-    else:
-        channels = getattr(prior, "channels", 3)
-    if channels not in (1, 3):
-        raise ValueError(f"the prior models {channels}-channel data; image files give 1 or 3 channels")
-    return "L" if channels == 1 else "RGB"
-
-
-def _prior_size(prior: object, latent: bool) -> tuple[int, int] | None:
-    shape = getattr(prior, "data_shape", None)
-    return None if latent or shape is None else (int(shape[1]), int(shape[2]))
 
 
 def _is_image(operator: object, y: Tensor) -> bool:

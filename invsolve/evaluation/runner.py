@@ -133,19 +133,9 @@ def process_state(device: str | None) -> Any:
 
 
 def _image_format(prior: Any, size: int | None) -> tuple[str, tuple[int, int]]:
-    """File mode (``"RGB"``/``"L"``) and ``(H, W)`` from the prior, unless ``size`` is given."""
-    shape = getattr(prior, "data_shape", None)
-    latent = priors.is_latent_prior(prior)
-    channels = 3 if latent else (shape[0] if shape is not None else getattr(prior, "channels", 3))
-    if channels not in (1, 3):
-        raise ValueError(f"the prior models {channels}-channel data; image files give 1 or 3 channels")
-    if size is not None:
-        hw = (size, size)
-    elif shape is not None and not latent:
-        hw = (int(shape[1]), int(shape[2]))
-    else:
-        hw = (DEFAULT_SIZE, DEFAULT_SIZE)
-    return ("L" if channels == 1 else "RGB"), hw
+    """File mode (``"RGB"``/``"L"``) and ``(H, W)``: ``size``, else the prior's fixed size, else the default."""
+    hw = (size, size) if size is not None else priors.fixed_size(prior) or (DEFAULT_SIZE, DEFAULT_SIZE)
+    return priors.image_mode(prior), hw
 
 
 def _identity(settings: EvaluationSettings, hw: tuple[int, int]) -> dict[str, Any]:
