@@ -10,7 +10,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from invsolve.counting import CountingPrior
+from invsolve.counting import counting
 from invsolve.result import Result
 from invsolve.samplers import Problem, registered
 from invsolve.validation import (
@@ -115,7 +115,7 @@ def solve(
     device = getattr(prior, "device", None) or measurement.device
     dtype = working_dtype(measurement.dtype, getattr(prior, "dtype", None))
     y = measurement.to(device=device, dtype=dtype).repeat(num_samples, *([1] * (measurement.ndim - 1)))
-    counted = CountingPrior(prior)
+    counted = counting(prior)
     problem = Problem(
         y=y,
         operator=operator,
@@ -138,6 +138,8 @@ def solve(
         samples=x.reshape(num_samples, *shape),
         nfe=counted.items / rows,
         operator_calls=(getattr(operator, "forward_calls", 0) - calls_before) / rows,
+        decoder_calls=getattr(counted, "decoded", 0) / rows,
+        encoder_calls=getattr(counted, "encoded", 0) / rows,
         seconds=seconds,
         method=cls.name,
         options={

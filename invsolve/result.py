@@ -15,7 +15,9 @@ class Result:
     ``samples`` has shape ``(num_samples, B, *x_shape)``; ``image`` is the first
     sample and ``mean`` the average over samples (both ``(B, *x_shape)``).  ``nfe``
     counts network evaluations per solved sample; ``operator_calls`` forward
-    evaluations of the operator per solved sample; ``seconds`` is wall time;
+    evaluations of the operator per solved sample; ``decoder_calls`` and
+    ``encoder_calls`` the images passed through a latent prior's decoder and
+    encoder per solved sample (0 for pixel priors); ``seconds`` is wall time;
     ``options`` holds every resolved hyperparameter, the seed included.
     """
 
@@ -25,6 +27,8 @@ class Result:
     seconds: float
     method: str
     options: dict[str, Any] = field(default_factory=dict)
+    decoder_calls: float = 0.0
+    encoder_calls: float = 0.0
 
     @property
     def image(self) -> Tensor:

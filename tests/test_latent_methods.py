@@ -159,6 +159,7 @@ def test_latent_methods_run_end_to_end_on_a_saved_pipeline(tiny_ldm, layout, met
     if decodes is not None:
         assert per_solve_decodes == decodes + 1
     assert prior.encode_calls / 2 == encodes
+    assert (result.decoder_calls, result.encoder_calls) == (per_solve_decodes, encodes)
 
 
 def test_latent_methods_reject_pixel_priors_and_psld_needs_an_adjoint(linear_problem) -> None:

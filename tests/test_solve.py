@@ -66,7 +66,7 @@ def test_result_bookkeeping_and_determinism(gmm_problem):
     assert first.samples.shape == (3, 2, 8)
     assert first.image.shape == (2, 8) and first.mean.shape == (2, 8)
     torch.testing.assert_close(first.mean, first.samples.mean(0))
-    assert first.nfe == 7 and first.operator_calls == 7
+    assert first.nfe == 7 and first.operator_calls == 7 and first.decoder_calls == first.encoder_calls == 0
     assert first.method == "dps"
     assert first.options["seed"] == 11 and first.options["steps"] == 7
     assert first.options["step_size"] == 0.3
