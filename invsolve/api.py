@@ -95,7 +95,7 @@ def solve(
     if not hasattr(operator, "output_shape"):
         if not callable(operator):
             raise TypeError(f"operator must be an operators.Operator or a callable, got {type(operator).__name__}")
-        operator = FunctionOperator(operator)
+        operator = FunctionOperator(operator, probe_dtype=measurement.dtype)
     check_prior(prior)
     check_methods_fit([cls.name], registered(), operator, prior)
     noise_sigma = 0.0 if noise_sigma is None else float(noise_sigma)

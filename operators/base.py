@@ -168,12 +168,22 @@ def _per_item(value: float | Tensor, like: Tensor) -> Tensor:
 
 
 class FunctionOperator(Operator):
-    """Wrap a differentiable torch callable ``fn(x) -> y`` as an :class:`Operator`."""
+    """Wrap a differentiable torch callable ``fn(x) -> y`` as an :class:`Operator`.
 
-    def __init__(self, fn: Callable[[Tensor], Tensor], output_shape: Callable | None = None):
+    ``output_shape`` maps an input shape to the output shape; without it one call
+    of ``fn`` on zeros of ``probe_dtype`` (default: torch's default dtype) finds it.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[Tensor], Tensor],
+        output_shape: Callable | None = None,
+        probe_dtype: torch.dtype | None = None,
+    ):
         super().__init__()
         self.fn = fn
         self._output_shape = output_shape
+        self.probe_dtype = probe_dtype
         self.output_in_image_range = False
 
     def forward(self, x: Tensor) -> Tensor:
@@ -183,4 +193,4 @@ class FunctionOperator(Operator):
         if self._output_shape is not None:
             return tuple(self._output_shape(shape))
         with torch.no_grad():
-            return tuple(self.fn(torch.zeros(shape)).shape)
+            return tuple(self.fn(torch.zeros(shape, dtype=self.probe_dtype)).shape)

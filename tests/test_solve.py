@@ -181,6 +181,17 @@ def test_matrix_operator_against_its_definition():
     torch.testing.assert_close(op.pinv(op(x)), op(x) @ torch.linalg.pinv(A).T)
 
 
+def test_a_float64_only_callable_is_probed_in_the_measurement_dtype():
+    """A plain callable whose matrix is float64 works with a float64 measurement (no float32 probe)."""
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    prior = GaussianMixturePrior(torch.ones(1, dtype=torch.float64), torch.zeros(1, 5, dtype=torch.float64),
+                                 torch.eye(5, dtype=torch.float64)[None])
+    y = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    result = solve(y, lambda x: x @ A.T, prior, method="dps", steps=2, seed=0, progress=False, x_shape=(2, 5))
+    assert result.samples.shape == (1, 2, 5) and result.samples.dtype == torch.float64
+
+
 def test_gaussian_mixture_prior_rejects_bad_covariances():
     with pytest.raises(ValueError, match="do not fit"):
         GaussianMixturePrior(torch.ones(2), torch.zeros(2, 3), torch.ones(2, 4))
