@@ -211,8 +211,20 @@ def test_svd_reconstructs_the_operator(case):
 def test_svd_availability_follows_padding_and_method():
     assert GaussianBlur(7, 1.0, padding="circular").svd((1, 1, 8, 8)) is not None
     assert GaussianBlur(7, 1.0).svd((1, 1, 8, 8)) is None and "svd" not in GaussianBlur(7, 1.0).capabilities
-    assert "svd" in SuperResolution(2, "average").capabilities
-    assert "svd" not in SuperResolution(2).capabilities and SuperResolution(2).svd((1, 1, 8, 8)) is None
+    assert "svd" in SuperResolution(2, "average").capabilities and "svd" in SuperResolution(2).capabilities
+
+
+def test_bicubic_singular_values_are_products_of_the_one_dimensional_ones():
+    """Separable ``R_H x R_W^T``: the spectrum is {s_H[i] s_W[j]} per channel, from numpy's SVD."""
+    import numpy as np
+
+    from operators.resize import bicubic_matrix
+
+    svd = SuperResolution(4).svd((1, 2, 16, 24))
+    s_h = np.linalg.svd(bicubic_matrix(16, 4).numpy(), compute_uv=False)
+    s_w = np.linalg.svd(bicubic_matrix(24, 6).numpy(), compute_uv=False)
+    expected = np.sort(np.tile(np.outer(s_h, s_w).ravel(), 2))
+    assert np.allclose(np.sort(svd.singular_values.double().numpy()), expected, atol=1e-6)
 
 
 def test_circular_blur_singular_values_are_the_kernel_spectrum():
