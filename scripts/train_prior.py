@@ -9,7 +9,9 @@ scikit-image's bundled colour photographs (training part of the split in
 The EMA of the weights (decay ``min(d, (1 + s) / (10 + s))``) is exported.
 
 CPU:   python scripts/train_prior.py --max-minutes 120
-GPUs:  accelerate launch scripts/train_prior.py --mixed-precision fp16 --max-steps 20000
+GPU:   python scripts/train_prior.py --batch-size 128 --warmup-steps 300 --ema-decay 0.9995 \
+           --mixed-precision bf16 --max-minutes 5          (the bundled weights, one H100)
+GPUs:  accelerate launch scripts/train_prior.py --mixed-precision bf16 --batch-size 128 ...
 
 Every ``--export-minutes`` the EMA model is written as a diffusers
 ``DDPMPipeline`` folder (safetensors) to ``--output`` and a resumable training
@@ -144,8 +146,9 @@ class EMA:
     @torch.no_grad()
     def update(self, model: torch.nn.Module, step: int) -> None:
         decay = min(self.decay, (1 + step) / (10 + step))
-        targets = [param.detach().to(ema_param.dtype) for ema_param, param in zip(self.model.parameters(), model.parameters())]
-        torch._foreach_lerp_(list(self.model.parameters()), targets, 1 - decay)
+        ema_params = list(self.model.parameters())
+        targets = [param.detach().to(ema.dtype) for ema, param in zip(ema_params, model.parameters())]
+        torch._foreach_lerp_(ema_params, targets, 1 - decay)
 
 
 def export(ema: EMA, scheduler: DDPMScheduler, output: Path) -> None:
@@ -226,7 +229,9 @@ def main() -> None:
     last_export = start
     window_sum = torch.zeros((), device=accelerator.device)
     window_count = 0
-    progress = tqdm(total=args.max_steps, initial=step, disable=not accelerator.is_main_process, desc="train")
+    # On the main process: a bar on a terminal, none when the output is a file (disable=None).
+    hide = None if accelerator.is_main_process else True
+    progress = tqdm(total=args.max_steps, initial=step, disable=hide, desc="train")
     unet.train()
     while step < args.max_steps and time.monotonic() - start < args.max_minutes * 60:
         with accelerator.accumulate(unet):
@@ -268,7 +273,8 @@ def main() -> None:
             last_export = time.monotonic()
             if accelerator.is_main_process:
                 export(ema, scheduler, args.output)
-                save_checkpoint(checkpoint, accelerator.unwrap_model(unet), ema, optimizer, step, generator, noise_generator)
+                unwrapped = accelerator.unwrap_model(unet)
+                save_checkpoint(checkpoint, unwrapped, ema, optimizer, step, generator, noise_generator)
     progress.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

@@ -74,6 +74,11 @@ def test_initialisation_choices():
     torch.testing.assert_close(start(op, "zeros"), torch.zeros(1, 4, dtype=F64))
     black = FunctionOperator(lambda x: x @ op.A.to(x).T, output_shape=lambda shape: (shape[0], 2))
     torch.testing.assert_close(start(black, "auto"), torch.zeros(1, 4, dtype=F64))
+    torch.testing.assert_close(start(op, "auto"), op.pinv(y))  # noiseless: the paper's A^+ y
+    noisy = solve(y, op, prior, method="reddiff", x_shape=(1, 4), noise_sigma=0.1, **kwargs).image
+    A = op.A.to(F64)  # noisy: the Tikhonov solution (A^T A + sigma_y^2 I)^-1 A^T y, written out
+    tikhonov = torch.linalg.solve(A.T @ A + 0.01 * torch.eye(4, dtype=F64), A.T @ y[0])
+    torch.testing.assert_close(noisy[0], tikhonov)
     with pytest.raises(ValueError, match="pinv"):
         start(black, "pinv")
 

@@ -21,7 +21,7 @@ REDDIFF_WEIGHTINGS: dict[str, Callable[[float], float]] = {
     "trunc_linear": lambda s: min(s, 1.0),
     "const": lambda s: 1.0,
 }
-REDDIFF_INITS = ("auto", "pinv", "adjoint", "zeros")
+REDDIFF_INITS = ("auto", "tikhonov", "pinv", "adjoint", "zeros")
 
 
 @register
@@ -49,8 +49,16 @@ class REDDiff(Method):
     (``n``, ``m`` = entries per row of :math:`\mu` and :math:`y`); only :math:`A` is
     differentiated, never the network.
 
-    Initialisation ``init``: ``"pinv"`` (:math:`A^+ y`, the paper's), ``"adjoint"``
-    (:math:`A^T y`), ``"zeros"``; ``"auto"`` takes the first the operator offers.
+    Initialisation ``init``: ``"pinv"`` (:math:`A^+ y`, the paper's), ``"tikhonov"``
+    (:math:`\arg\min_x \|y - A x\|^2 + \sigma_y^2 \|x\|^2`, the operator's ``prox`` at
+    ``x0 = 0``: the posterior mean under a standard normal prior), ``"adjoint"``
+    (:math:`A^T y`), ``"zeros"``; ``"auto"`` takes the first the operator offers of
+    ``tikhonov`` (noisy measurements only), ``pinv``, ``adjoint``.  With noise,
+    :math:`A^+ y` amplifies it by the inverse of the smallest kept singular value: on a
+    61x61 Gaussian blur with noise 0.05 it starts the optimisation near +-200, which
+    100 Adam steps do not undo (the paper's code thresholds such spectra at 3e-2);
+    the Tikhonov start amplifies noise at most ``1 / (2 sigma_y)`` times and equals
+    :math:`A^+ y` where the singular values are large.
 
     **Noise scale.** ``noise_sigma`` does not enter the update: as in the paper's
     code the observation weight ``obs_weight`` (:math:`v`) stands in for
@@ -87,10 +95,16 @@ class REDDiff(Method):
         caps = getattr(problem.operator, "capabilities", frozenset())
         init = self.init
         if init == "auto":
-            init = next((name for name in ("pinv", "adjoint") if name in caps), "zeros")
-        if init != "zeros" and init not in caps:
-            raise ValueError(f"init={init!r} needs an operator with {init}(); use init='zeros' or 'auto'")
+            preferred = ("prox", "pinv", "adjoint") if problem.noise_sigma > 0 else ("pinv", "adjoint")
+            init = next((name for name in preferred if name in caps), "zeros")
+            init = "tikhonov" if init == "prox" else init
+        needed = "prox" if init == "tikhonov" else init
+        if init != "zeros" and needed not in caps:
+            raise ValueError(f"init={init!r} needs an operator with {needed}(); use init='zeros' or 'auto'")
         with torch.no_grad():
+            if init == "tikhonov":
+                zeros = torch.zeros(problem.x_shape, device=problem.y.device, dtype=problem.y.dtype)
+                return problem.operator.prox(zeros, problem.y, problem.noise_sigma**2).reshape(problem.x_shape)
             if init == "pinv":
                 return problem.operator.pinv(problem.y).reshape(problem.x_shape)
             if init == "adjoint":
