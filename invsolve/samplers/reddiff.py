@@ -22,6 +22,8 @@ REDDIFF_WEIGHTINGS: dict[str, Callable[[float], float]] = {
     "const": lambda s: 1.0,
 }
 REDDIFF_INITS = ("auto", "tikhonov", "pinv", "adjoint", "zeros")
+#: The operator method each start needs.
+INIT_NEEDS = {"tikhonov": "prox", "pinv": "pinv", "adjoint": "adjoint"}
 
 
 @register
@@ -91,16 +93,14 @@ class REDDiff(Method):
         return self
 
     def initial_estimate(self, problem: Problem) -> Tensor:
-        """``A^+ y``, ``A^T y`` or zeros, as ``init`` asks and the operator allows."""
+        """The Tikhonov solution, ``A^+ y``, ``A^T y`` or zeros, as ``init`` asks and the operator allows."""
         caps = getattr(problem.operator, "capabilities", frozenset())
         init = self.init
         if init == "auto":
-            preferred = ("prox", "pinv", "adjoint") if problem.noise_sigma > 0 else ("pinv", "adjoint")
-            init = next((name for name in preferred if name in caps), "zeros")
-            init = "tikhonov" if init == "prox" else init
-        needed = "prox" if init == "tikhonov" else init
-        if init != "zeros" and needed not in caps:
-            raise ValueError(f"init={init!r} needs an operator with {needed}(); use init='zeros' or 'auto'")
+            preferred = ("tikhonov", "pinv", "adjoint") if problem.noise_sigma > 0 else ("pinv", "adjoint")
+            init = next((name for name in preferred if INIT_NEEDS[name] in caps), "zeros")
+        if init != "zeros" and INIT_NEEDS[init] not in caps:
+            raise ValueError(f"init={init!r} needs an operator with {INIT_NEEDS[init]}(); use init='zeros' or 'auto'")
         with torch.no_grad():
             if init == "tikhonov":
                 zeros = torch.zeros(problem.x_shape, device=problem.y.device, dtype=problem.y.dtype)
