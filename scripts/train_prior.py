@@ -61,6 +61,10 @@ def parse_args() -> argparse.Namespace:
         help="torch CPU threads; drops to 1 while the CPU is oversubscribed (load average above the cores)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--init-from", type=Path, default=None,
+        help="start a fresh run from an exported prior folder's weights (same --channels); ignored when resuming",
+    )
     return parser.parse_args()
 
 
@@ -212,6 +216,11 @@ def main() -> None:
         if noise_key in state:
             noise_generator.set_state(state[noise_key])
         accelerator.print(f"resumed from {checkpoint} at step {step}")
+    elif args.init_from is not None:
+        start_weights = UNet2DModel.from_pretrained(args.init_from, subfolder="unet").state_dict()
+        unet.load_state_dict(start_weights)
+        ema.model.load_state_dict(start_weights)
+        accelerator.print(f"started from the weights in {args.init_from}")
     ema.model.to(accelerator.device)
     unet, optimizer = accelerator.prepare(unet, optimizer)
 
