@@ -192,6 +192,13 @@ def row(task: str, method: str, steps: int, image: Tensor, clean: Tensor, second
     }
 
 
+def measure(task: Task, clean: Tensor, seed: int) -> tuple[object, Tensor]:
+    """The task's operator and ``A(clean) + noise``, the noise drawn on the CPU from ``seed + 1``."""
+    operator = operators.build(task.operator, **task.operator_args)
+    generator = torch.Generator().manual_seed(seed + 1)
+    return operator, operator.measure(clean.cpu(), NOISE_SIGMA, generator=generator).to(clean.device)
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work, so wall-clock timings cover it."""
     if device.type == "cuda":
@@ -211,8 +218,8 @@ def main() -> None:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for name in args.tasks:
-        generator = torch.Generator().manual_seed(args.seed + 1)
         if name == "denoise":
+            generator = torch.Generator().manual_seed(args.seed + 1)
             noisy = clean + DENOISE_SIGMA * torch.randn(clean.shape, generator=generator).to(device)
             sigma = torch.full((n,), DENOISE_SIGMA, device=device)
             with torch.no_grad():
@@ -228,8 +235,7 @@ def main() -> None:
             save_image(grid([noisy.cpu(), denoised.cpu(), clean.cpu()]), args.output_dir / f"{name}.png")
             continue
         task = tasks[name]
-        operator = operators.build(task.operator, **task.operator_args)
-        y = operator.measure(clean.cpu(), NOISE_SIGMA, generator=generator).to(device)
+        operator, y = measure(task, clean, args.seed)
         label, reference = baseline(name, operator, y, clean)
         result = solve(
             y, operator, prior, method=task.method, steps=task.steps, seed=args.seed,

@@ -14,16 +14,13 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
-
-import operators
 from invsolve import solve
 from invsolve.commands._arguments import resolve_device
 from invsolve.metrics import psnr
 from photo_split import TUNING_CROPS, heldout_crops
 from priors import load_prior
 from priors.clipped import ClippedPrior
-from quality_bar import NOISE_SIGMA, TASKS, baseline, synchronize
+from quality_bar import NOISE_SIGMA, TASKS, baseline, measure, synchronize
 
 #: (method, steps, samples, options) per task.
 GRIDS: dict[str, list[tuple[str, int, int, dict]]] = {
@@ -85,9 +82,7 @@ def main() -> None:
     for name in args.prior:
         prior = ClippedPrior(load_prior(name, device=device), sigma_max=args.start_sigma)
         for task in args.tasks:
-            operator = operators.build(TASKS[task].operator, **TASKS[task].operator_args)
-            generator = torch.Generator().manual_seed(args.seed + 1)
-            y = operator.measure(clean.cpu(), NOISE_SIGMA, generator=generator).to(device)
+            operator, y = measure(TASKS[task], clean, args.seed)
             label, reference = baseline(task, operator, y, clean)
             reference_psnr = psnr(reference, clean).mean().item()
             print(f"| {name} | {task} | {label} | 0 | 1 | | {reference_psnr:.2f} | 0 | 0 |", flush=True)

@@ -17,6 +17,7 @@ import operators
 from invsolve import methods
 from invsolve.cli import main
 from invsolve.io import STRIP_GAP, load_image, to_uint8
+from tiny_priors import save_tiny_pixel_prior
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 16
@@ -24,25 +25,7 @@ SIZE = 16
 
 @pytest.fixture(scope="module")
 def prior_dir(tmp_path_factory):
-    """A tiny attention-free UNet2DModel with its DDPM scheduler, saved as a plain folder."""
-    from diffusers import DDPMScheduler, UNet2DModel
-
-    torch.manual_seed(0)  # weight initialisation only; the CLI itself uses generators
-    unet = UNet2DModel(
-        sample_size=SIZE,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=8,
-        add_attention=False,
-    )
-    folder = tmp_path_factory.mktemp("prior")
-    unet.save_pretrained(folder)
-    DDPMScheduler(num_train_timesteps=100).save_pretrained(folder)
-    return folder
+    return save_tiny_pixel_prior(tmp_path_factory.mktemp("prior"), sample_size=SIZE)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ import operators
 from invsolve.cli import main
 from invsolve.evaluation.dataset import list_images, safe_name, shard
 from invsolve.io import load_image
+from tiny_priors import save_tiny_pixel_prior
 
 SIZE, STEPS, BOX, NOISE = 16, 3, 8, 0.05
 IMAGES = ["gray photo.jpg", "smooth.png", "sub/alpha.png"]
@@ -29,19 +30,7 @@ original_solve, original_no_learning = work.solve, work.no_learning
 
 @pytest.fixture(scope="module")
 def prior_dir(tmp_path_factory):
-    """A tiny attention-free UNet2DModel with its DDPM scheduler, saved as a plain folder."""
-    from diffusers import DDPMScheduler, UNet2DModel
-
-    torch.manual_seed(0)  # weight initialisation only; evaluation itself uses generators
-    unet = UNet2DModel(
-        sample_size=SIZE, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=8, add_attention=False,
-    )
-    folder = tmp_path_factory.mktemp("prior")
-    unet.save_pretrained(folder)
-    DDPMScheduler(num_train_timesteps=100).save_pretrained(folder)
-    return folder
+    return save_tiny_pixel_prior(tmp_path_factory.mktemp("prior"), sample_size=SIZE)
 
 
 @pytest.fixture(scope="module")

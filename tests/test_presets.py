@@ -18,6 +18,7 @@ from invsolve.cli import main
 from invsolve.evaluation import EvaluationSettings
 from invsolve.evaluation.dataset import image_seed, list_images
 from operators import GaussianBlur, Inpainting, MotionBlur, SuperResolution
+from tiny_priors import save_tiny_pixel_prior
 
 ALL = ("sr4", "box128", "random70", "gauss61", "motion61")
 
@@ -124,19 +125,7 @@ def test_settings_refuse_a_preset_with_another_operator(tmp_path):
 
 @pytest.fixture(scope="module")
 def prior_dir(tmp_path_factory):
-    """A tiny attention-free UNet2DModel with its DDPM scheduler (fully convolutional: any size)."""
-    from diffusers import DDPMScheduler, UNet2DModel
-
-    torch.manual_seed(0)  # weight initialisation only; the commands use generators
-    unet = UNet2DModel(
-        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=8, add_attention=False,
-    )
-    folder = tmp_path_factory.mktemp("prior")
-    unet.save_pretrained(folder)
-    DDPMScheduler(num_train_timesteps=100).save_pretrained(folder)
-    return folder
+    return save_tiny_pixel_prior(tmp_path_factory.mktemp("prior"), sample_size=32)
 
 
 def write_png(path, size: int, seed: int) -> None:

@@ -552,3 +552,22 @@ def test_bundled_name_resolves_to_its_folder(tmp_path, monkeypatch, saved) -> No
     with pytest.raises(FileNotFoundError) as err:
         load_prior("unfinished")
     assert_one_line(err, "'unfinished'", "bundled name (tiny-16)")
+
+
+def test_image_mode_and_fixed_size_follow_the_prior() -> None:
+    """Grey for one channel, RGB for three (and for latent priors, which decode RGB); only a
+    pixel prior with a data shape has a fixed size; other channel counts fit no image file."""
+    from types import SimpleNamespace
+
+    from priors import fixed_size, image_mode
+
+    def pixel(**fields):
+        return SimpleNamespace(denoise=lambda x, s: x, sigma_min=0.01, sigma_max=80.0, **fields)
+
+    grey, colour, any_size = pixel(data_shape=(1, 32, 48)), pixel(data_shape=(3, 64, 64)), pixel(data_shape=None)
+    latent = pixel(data_shape=(4, 8, 8), encode=None, decode=None, latent_shape=None)
+    assert [image_mode(p) for p in (grey, colour, any_size, latent)] == ["L", "RGB", "RGB", "RGB"]
+    assert image_mode(pixel(data_shape=None, channels=1)) == "L"
+    assert [fixed_size(p) for p in (grey, colour, any_size, latent)] == [(32, 48), (64, 64), None, None]
+    with pytest.raises(ValueError, match="2-channel"):
+        image_mode(pixel(data_shape=(2, 8, 8)))
