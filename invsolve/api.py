@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -12,7 +13,7 @@ from torch import Tensor
 
 from invsolve.counting import counting
 from invsolve.result import Result
-from invsolve.samplers import Problem, registered
+from invsolve.samplers import DivergenceError, Problem, registered
 from invsolve.validation import (
     check_measurement,
     check_methods_fit,
@@ -21,7 +22,11 @@ from invsolve.validation import (
     needs_tiling,
 )
 from operators.base import FunctionOperator
+from priors.base import is_latent_prior
+from priors.clipped import ClippedPrior
 from priors.tiled import Tiled
+
+ON_NAN = ("raise", "warn")
 
 
 def methods() -> dict[str, str]:
@@ -58,6 +63,32 @@ def working_dtype(measurement_dtype: torch.dtype, prior_dtype: torch.dtype | Non
     return torch.promote_types(torch.promote_types(measurement_dtype, prior_dtype or measurement_dtype), torch.float32)
 
 
+def resolve_clipping(algorithm: Any, prior: Any) -> Any:
+    """``algorithm`` with ``clip_denoised`` decided: the user's choice, else clamp where the
+    method's official code clamps or the prior's scheduler does, and only for priors that
+    declare a ``data_range``."""
+    data_range = getattr(prior, "data_range", None)
+    clip = algorithm.clip_denoised
+    if clip and data_range is None:
+        raise ValueError(
+            f"clip_denoised=True needs a prior with a data_range to clamp to; {type(prior).__name__} declares none"
+        )
+    if clip is None:
+        clip = data_range is not None and (algorithm.clips_denoised or bool(getattr(prior, "clip_sample", False)))
+    return dataclasses.replace(algorithm, clip_denoised=bool(clip))
+
+
+def _last_state(err: DivergenceError, problem: Problem, prior: Any) -> Tensor:
+    """The last finite state of a diverged solve, as pixels (NaN when none was finite)."""
+    if err.last_finite is None:
+        return torch.full(problem.x_shape, float("nan"), device=problem.y.device, dtype=problem.y.dtype)
+    state = err.last_finite.detach()
+    if tuple(state.shape) != tuple(problem.x_shape) and is_latent_prior(prior):
+        with torch.no_grad():
+            state = prior.decode(state)
+    return state
+
+
 def solve(
     measurement: Tensor,
     operator: Any,
@@ -70,6 +101,7 @@ def solve(
     progress: bool = True,
     callback: Callable[[dict], None] | None = None,
     x_shape: tuple[int, ...] | None = None,
+    on_nan: str = "raise",
     **method_options: Any,
 ) -> Result:
     """Draw ``num_samples`` restorations of ``measurement = operator(x) + noise``.
@@ -89,8 +121,19 @@ def solve(
     is recorded in ``Result.options["tiling"]``; for other settings pass
     ``Tiled(prior, ...)`` yourself.  A ``Tiled`` prior is reseeded with ``seed``, so
     the same seed gives the same result.
+
+    The denoised estimate is clamped to the prior's ``data_range`` where the method's
+    official code clamps or the prior's scheduler does (``clip_denoised`` option of
+    every method; the resolved value is in ``Result.options``).
+
+    A solve whose samples become NaN or infinite stops at that step: with
+    ``on_nan="raise"`` (default) it raises :class:`invsolve.samplers.DivergenceError`
+    naming the method, the step and the sigma; with ``on_nan="warn"`` it warns and
+    returns the last finite state with ``Result.diverged = True``.
     """
     cls = _method_class(method)
+    if on_nan not in ON_NAN:
+        raise ValueError(f"on_nan must be one of {', '.join(ON_NAN)}, got {on_nan!r}")
     algorithm = _build_method(cls, method_options)
     if not hasattr(operator, "output_shape"):
         if not callable(operator):
@@ -116,21 +159,33 @@ def solve(
     dtype = working_dtype(measurement.dtype, getattr(prior, "dtype", None))
     y = measurement.to(device=device, dtype=dtype).repeat(num_samples, *([1] * (measurement.ndim - 1)))
     counted = counting(prior)
+    algorithm = resolve_clipping(algorithm, prior)
+    data_range = getattr(prior, "data_range", None)
     problem = Problem(
         y=y,
         operator=operator,
-        prior=counted,
+        prior=ClippedPrior(counted, *data_range) if algorithm.clip_denoised else counted,
         x_shape=(num_samples * shape[0], *shape[1:]),
         noise_sigma=noise_sigma,
         steps=steps,
         generator=torch.Generator(device=device).manual_seed(seed),
         callback=callback,
         progress=progress,
+        method=cls.name,
     )
     algorithm = algorithm.resolved(problem)
     calls_before = getattr(operator, "forward_calls", 0)
     start = time.perf_counter()
-    x = algorithm.run(problem).detach()
+    diverged = False
+    try:
+        x = algorithm.run(problem).detach()
+        if not bool(torch.isfinite(x).all()):
+            raise DivergenceError(cls.name, steps, 0.0, problem.last_finite)
+    except DivergenceError as err:
+        if on_nan == "raise":
+            raise
+        warnings.warn(f"{err}; returning the last finite state (Result.diverged = True)", RuntimeWarning)
+        x, diverged = _last_state(err, problem, counted), True
     seconds = time.perf_counter() - start
     rows = y.shape[0]
     tiling = {"tiling": prior.options()} if isinstance(prior, Tiled) else {}
@@ -142,6 +197,7 @@ def solve(
         encoder_calls=getattr(counted, "encoded", 0) / rows,
         seconds=seconds,
         method=cls.name,
+        diverged=diverged,
         options={
             **algorithm.options(),
             "steps": steps,

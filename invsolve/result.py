@@ -19,6 +19,8 @@ class Result:
     ``encoder_calls`` the images passed through a latent prior's decoder and
     encoder per solved sample (0 for pixel priors); ``seconds`` is wall time;
     ``options`` holds every resolved hyperparameter, the seed included.
+    ``diverged`` is ``True`` when the samples became non-finite and ``solve(...,
+    on_nan="warn")`` returned the last finite state instead.
     """
 
     samples: Tensor
@@ -29,6 +31,7 @@ class Result:
     options: dict[str, Any] = field(default_factory=dict)
     decoder_calls: float = 0.0
     encoder_calls: float = 0.0
+    diverged: bool = False
 
     @property
     def image(self) -> Tensor:

@@ -63,6 +63,9 @@ class ADMPrior(VPDenoiser):
     ``t`` interpolated in ``log sigma`` over the exact table,
     ``D(x, sigma) = x - sigma * eps(x_vp, t)`` (see :class:`~priors.vp.VPDenoiser`).
     The attention layers tie the model to ``data_shape = (3, image_size, image_size)``.
+    Images lie in ``data_range = (-1, 1)``; the checkpoint has no scheduler of its own,
+    so clamping is each method's choice (DPS, MCG and DiffPIR clamp, as guided-diffusion's
+    ``clip_denoised=True`` in their official code).
     """
 
     def __init__(self, unet: ADMUNet, alphas_cumprod: Tensor | None = None):
@@ -74,6 +77,7 @@ class ADMPrior(VPDenoiser):
             channels=config.in_channels,
             data_shape=(config.in_channels, config.image_size, config.image_size),
             downsampling=config.downsampling,
+            data_range=(-1.0, 1.0),
         )
 
 

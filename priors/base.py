@@ -19,11 +19,26 @@ class Prior(ABC):
     has the shape of ``x``.  By Tweedie's formula the score of the noised density
     ``p_sigma`` is ``(D(x, sigma) - x) / sigma^2`` (Efron 2011; Karras et al. 2022).
     ``data_shape`` is ``None`` for fully convolutional priors that take any size.
+
+    Optional attributes that samplers read when present:
+
+    * ``data_range``: ``(low, high)`` when the clean data lie in that box (images:
+      ``(-1, 1)``), ``None`` when unbounded.  Methods whose official code clamps the
+      denoised estimate (DPS's ``clip_denoised=True``) clamp to it; without it they
+      never clamp.
+    * ``clip_sample``: the prior's own sampler clamps its ``x0`` estimate to
+      ``data_range`` (a diffusers scheduler's ``clip_sample``), so every method does.
+    * ``sigmas``: for a model trained on discrete timesteps, the ascending 1-D table
+      of its noise levels (``sigmas[t]`` for DDPM step ``t``).  Methods pick their
+      official timestep spacing from it; priors without one get the documented
+      fallback grid (:meth:`invsolve.samplers.Problem.timestep_sigmas`).
     """
 
     sigma_min: float
     sigma_max: float
     data_shape: tuple[int, ...] | None = None
+    data_range: tuple[float, float] | None = None
+    clip_sample: bool = False
 
     @abstractmethod
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:

@@ -25,7 +25,14 @@ class ClippedPrior(PriorWrapper):
     ``sigma_max``, if given, lowers the largest noise level samplers start from
     (it must lie in the prior's range): for data in [-1, 1] a start at
     ``sigma = 10`` is already pure noise to within a few per cent of its variance,
-    and it skips the levels where a briefly trained network is least accurate.
+    and it skips the levels where a briefly trained network is least accurate.  A
+    discrete prior's timestep table (``sigmas``) is cut at that level, so methods
+    with an official timestep spacing spread their steps over the levels that remain.
+    The wrapper declares ``data_range = (low, high)`` and ``clip_sample = True``.
+
+    Since every prior now declares its data range and methods clamp where their
+    official code does (or where the prior's scheduler does), the wrapper is needed
+    only for other ranges or a lower start (the demo's tuned settings).
     """
 
     def __init__(self, prior: Any, low: float = -1.0, high: float = 1.0, sigma_max: float | None = None):
@@ -40,6 +47,19 @@ class ClippedPrior(PriorWrapper):
         self.sigma_min = prior.sigma_min
         self.sigma_max = prior.sigma_max if sigma_max is None else float(sigma_max)
         self.data_shape = getattr(prior, "data_shape", None)
+
+    @property
+    def data_range(self) -> tuple[float, float]:
+        return (self.low, self.high)
+
+    @property
+    def clip_sample(self) -> bool:
+        return True
+
+    @property
+    def sigmas(self) -> Tensor | None:
+        table = getattr(self.prior, "sigmas", None)
+        return None if table is None else table[table <= self.sigma_max * (1 + 1e-12)]
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         return self.prior.denoise(x, sigma).clamp(self.low, self.high)

@@ -51,7 +51,7 @@ class TextConditionedDenoiser(DiffusersPixelPrior):
         prompt: str = "",
         guidance_scale: float = 1.0,
     ):
-        super().__init__(unet, alphas_cumprod, prediction_type)
+        super().__init__(unet, alphas_cumprod, prediction_type, data_range=None)
         self.data_shape = None
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
@@ -139,6 +139,11 @@ class DiffusersLatentPrior(LatentPrior):
     @property
     def text_conditioned(self) -> bool:
         return isinstance(self.denoiser, TextConditionedDenoiser)
+
+    @property
+    def sigmas(self) -> Tensor:
+        """The latent denoiser's timestep table (methods take their official spacing from it)."""
+        return self.denoiser.sigmas
 
     def set_prompt(self, prompt: str = "", guidance_scale: float = 1.0) -> None:
         """Text conditioning of a Stable Diffusion prior (see :class:`TextConditionedDenoiser`)."""

@@ -38,9 +38,22 @@ class DiffusersPixelPrior(VPDenoiser):
     ``data_shape = (C, sample_size, sample_size)``; a ``learned`` (lookup-table) time
     embedding gets the nearest integer step.  Fourier-embedded (score-SDE) and
     class-conditional UNets are rejected.
+
+    Pixel images lie in ``data_range = (-1, 1)``; :meth:`from_scheduler` takes the
+    scheduler's ``clip_sample`` / ``clip_sample_range`` (DDPMScheduler clamps its
+    ``x0`` prediction to ``[-r, r]`` when set), so every method clamps on such a prior
+    as diffusers' own sampler does.  A UNet used on latents (inside a latent prior)
+    passes ``data_range=None``.
     """
 
-    def __init__(self, unet: Any, alphas_cumprod: Tensor, prediction_type: str = "epsilon"):
+    def __init__(
+        self,
+        unet: Any,
+        alphas_cumprod: Tensor,
+        prediction_type: str = "epsilon",
+        data_range: tuple[float, float] | None = (-1.0, 1.0),
+        clip_sample: bool = False,
+    ):
         config = unet.config
         if config.time_embedding_type not in SUPPORTED_TIME_EMBEDDINGS:
             raise ValueError(
@@ -69,12 +82,22 @@ class DiffusersPixelPrior(VPDenoiser):
             data_shape=data_shape,
             downsampling=2 ** (len(config.block_out_channels) - 1),
             integer_timesteps=config.time_embedding_type == "learned",
+            data_range=data_range,
+            clip_sample=clip_sample,
         )
 
     @classmethod
     def from_scheduler(cls, unet: Any, scheduler: Any) -> "DiffusersPixelPrior":
-        """Wrap ``unet`` with a diffusers scheduler's ``alphas_cumprod`` and ``prediction_type``."""
-        return cls(unet, scheduler.alphas_cumprod, scheduler.config.prediction_type)
+        """Wrap ``unet`` with a diffusers scheduler's ``alphas_cumprod``, ``prediction_type`` and clamping.
+
+        With ``clip_sample`` the data range is ``[-clip_sample_range, clip_sample_range]``
+        (diffusers' default range is 1) and the prior clamps as the scheduler does.
+        """
+        config = scheduler.config
+        if getattr(config, "clip_sample", False):
+            bound = float(getattr(config, "clip_sample_range", 1.0))
+            return cls(unet, scheduler.alphas_cumprod, config.prediction_type, (-bound, bound), clip_sample=True)
+        return cls(unet, scheduler.alphas_cumprod, config.prediction_type)
 
     def _call_unet(self, inputs: Tensor, timestep: Tensor) -> Tensor:
         """The raw network output for padded ``inputs`` (conditional subclasses add their inputs here)."""

@@ -28,6 +28,13 @@ class GaussianMixturePrior(Prior):
     * isotropic ``(K,)`` or a float shared by all components.
 
     ``means`` has shape ``(K, *data_shape)``; the data are ``(N, *data_shape)``.
+
+    ``alphas_cumprod`` makes the same mixture a discrete-time DDPM model: the prior
+    then exposes the timestep table ``sigmas = sqrt((1 - abar_t) / abar_t)`` (and its
+    ends as ``sigma_min`` / ``sigma_max``), so methods run on their official timestep
+    grids exactly as on a DDPM network whose epsilon prediction is the exact
+    ``(x - D(x, sigma_t)) / sigma_t`` (Ho et al. 2020).  The denoiser stays exact at
+    every sigma.
     """
 
     def __init__(
@@ -37,6 +44,7 @@ class GaussianMixturePrior(Prior):
         covs: Tensor | float = 1.0,
         sigma_min: float = 0.002,
         sigma_max: float = 80.0,
+        alphas_cumprod: Tensor | None = None,
     ):
         weights = torch.as_tensor(weights, dtype=torch.float64)
         means = torch.as_tensor(means, dtype=torch.float64)
@@ -48,6 +56,14 @@ class GaussianMixturePrior(Prior):
         self.means = means
         self.data_shape = tuple(means.shape[1:])
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
+        self.alphas_cumprod = None
+        if alphas_cumprod is not None:
+            abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64).reshape(-1)
+            if abar.numel() < 2 or not ((abar > 0) & (abar < 1)).all() or not (abar[1:] < abar[:-1]).all():
+                raise ValueError("alphas_cumprod must decrease strictly inside (0, 1)")
+            self.alphas_cumprod = abar
+            self.sigmas = ((1 - abar) / abar).sqrt()
+            self.sigma_min, self.sigma_max = float(self.sigmas[0]), float(self.sigmas[-1])
         K, n = means.shape[0], means[0].numel()
         covs = torch.as_tensor(covs, dtype=torch.float64)
         if covs.ndim == 3 and len(self.data_shape) == 1 and covs.shape == (K, n, n):
@@ -161,7 +177,8 @@ class GaussianMixturePrior(Prior):
         S = keep @ C @ keep.transpose(1, 2) + s2 * gain @ gain.transpose(1, 2)
         log_w = w.log() + torch.distributions.MultivariateNormal(mu @ A.T, cov_y).log_prob(y)
         return GaussianMixturePrior(
-            torch.softmax(log_w, 0), m, (S + S.transpose(1, 2)) / 2, self.sigma_min, self.sigma_max
+            torch.softmax(log_w, 0), m, (S + S.transpose(1, 2)) / 2, self.sigma_min, self.sigma_max,
+            self.alphas_cumprod,
         )
 
 
@@ -172,7 +189,14 @@ class GaussianPrior(GaussianMixturePrior):
     or a float (isotropic).
     """
 
-    def __init__(self, mean: Tensor, cov: Tensor | float = 1.0, sigma_min: float = 0.002, sigma_max: float = 80.0):
+    def __init__(
+        self,
+        mean: Tensor,
+        cov: Tensor | float = 1.0,
+        sigma_min: float = 0.002,
+        sigma_max: float = 80.0,
+        alphas_cumprod: Tensor | None = None,
+    ):
         mean = torch.as_tensor(mean, dtype=torch.float64)
         cov = torch.as_tensor(cov, dtype=torch.float64)
-        super().__init__(torch.ones(1), mean[None], cov[None], sigma_min, sigma_max)
+        super().__init__(torch.ones(1), mean[None], cov[None], sigma_min, sigma_max, alphas_cumprod)

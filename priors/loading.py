@@ -261,7 +261,7 @@ def _load_diffusers_latent(
                 f"prompt and guidance_scale need a text-conditioned pipeline; {location.describe()} is an "
                 f"unconditional latent pipeline ({pipeline})"
             )
-        denoiser = DiffusersPixelPrior(*schedule)
+        denoiser = DiffusersPixelPrior(*schedule, data_range=None)
     return DiffusersLatentPrior(denoiser, autoencoder)
 
 

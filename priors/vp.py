@@ -46,6 +46,9 @@ class VPDenoiser(Prior):
     rounds ``t`` to the nearest step (lookup-table time embeddings).  The network
     (attribute ``unet``) runs in its own device and dtype, under the caller's grad
     mode (samplers backprop through it); the result has the input's dtype.
+    ``sigmas`` is the table of the training timesteps' noise levels (methods take
+    their official timestep spacing from it); ``data_range`` and ``clip_sample``
+    are as in :class:`~priors.base.Prior` (unbounded and off unless given).
     Subclasses say how the network is called in :meth:`_call_unet`.
     """
 
@@ -59,6 +62,8 @@ class VPDenoiser(Prior):
         data_shape: tuple[int, ...] | None,
         downsampling: int = 1,
         integer_timesteps: bool = False,
+        data_range: tuple[float, float] | None = None,
+        clip_sample: bool = False,
     ):
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(
@@ -82,6 +87,12 @@ class VPDenoiser(Prior):
         self.downsampling = downsampling
         self.data_shape = data_shape
         self.integer_timesteps = integer_timesteps
+        if data_range is not None and not data_range[0] < data_range[1]:
+            raise ValueError(f"data_range needs low < high, got {tuple(data_range)}")
+        if clip_sample and data_range is None:
+            raise ValueError("clip_sample needs a data_range to clamp to")
+        self.data_range = None if data_range is None else (float(data_range[0]), float(data_range[1]))
+        self.clip_sample = bool(clip_sample)
 
     @property
     def device(self) -> torch.device:

@@ -10,9 +10,24 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from invsolve.schedules import karras_sigmas
+from invsolve.schedules import karras_sigmas, table_grid
 
 _METHODS: dict[str, type["Method"]] = {}
+
+
+class DivergenceError(FloatingPointError):
+    """A sampler's state became NaN or infinite: raised at the step where it happened.
+
+    ``method``, ``step`` and ``sigma`` say where; ``last_finite`` is the state reported
+    at the step before (``None`` when the first step already diverged).
+    """
+
+    def __init__(self, method: str, step: int, sigma: float, last_finite: Tensor | None):
+        self.method, self.step, self.sigma, self.last_finite = method, step, sigma, last_finite
+        super().__init__(
+            f"{method or 'the sampler'} diverged: its samples became NaN or infinite at step {step} "
+            f"(sigma {sigma:.4g}); try fewer or smaller guidance steps, or check the prior and operator"
+        )
 
 
 @dataclass
@@ -34,6 +49,8 @@ class Problem:
     generator: torch.Generator
     callback: Callable[[dict], None] | None = None
     progress: bool = False
+    method: str = ""
+    last_finite: Tensor | None = None
 
     def randn(self, shape: tuple[int, ...] | None = None) -> Tensor:
         """Standard normal noise from the problem's generator (default shape: ``x_shape``)."""
@@ -46,16 +63,41 @@ class Problem:
         return self.prior.denoise(x, sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma)
 
     def sigmas(self, steps: int | None = None, rho: float = 7.0) -> list[float]:
-        """The EDM grid between the prior's ``sigma_min`` and ``sigma_max``, ending at 0."""
+        """The EDM grid (Karras et al. 2022, rho = 7) between the prior's ``sigma_min`` and
+        ``sigma_max``, ending at 0: the grid of EDM-native methods and the fallback of
+        :meth:`timestep_sigmas` for priors without a timestep table."""
         grid = karras_sigmas(steps or self.steps, self.prior.sigma_min, self.prior.sigma_max, rho)
         return grid.tolist()
+
+    @property
+    def sigma_table(self) -> Tensor | None:
+        """The prior's ascending noise level per training timestep, or ``None`` (see :class:`priors.Prior`)."""
+        return getattr(self.prior, "sigmas", None)
+
+    def timestep_sigmas(self, spacing: Callable[[int, int], list[int]], steps: int | None = None) -> list[float]:
+        """A method's official grid: ``spacing(T, steps)`` picks descending integer timesteps
+        of the prior's table (:mod:`invsolve.schedules`), whose sigmas are returned with a
+        final 0.  A prior without a table (analytic or user-written VE denoisers) falls back
+        to :meth:`sigmas`, the EDM grid with the same number of levels."""
+        steps = steps or self.steps
+        table = self.sigma_table
+        if table is None:
+            return self.sigmas(steps)
+        return table_grid(table, spacing(len(table), steps))
 
     def iterate(self, items: Iterable, desc: str) -> Iterable:
         """``items`` with a progress bar when ``progress`` is on."""
         return tqdm(items, desc=desc, disable=not self.progress, leave=False, dynamic_ncols=True)
 
     def report(self, step: int, sigma: float, x: Tensor, denoised: Tensor) -> None:
-        """Hand the current state to the user's callback, if any."""
+        """Check the state and hand it to the user's callback, if any.
+
+        Raises :class:`DivergenceError` as soon as ``x`` holds a NaN or an infinity,
+        so a diverging solve stops at the step where it happened.
+        """
+        if not bool(torch.isfinite(x).all()):
+            raise DivergenceError(self.method, step, float(sigma), self.last_finite)
+        self.last_finite = x
         if self.callback is not None:
             self.callback({"step": step, "sigma": sigma, "x": x, "denoised": denoised})
 
@@ -69,12 +111,21 @@ class Method:
     ``vjp``, ``adjoint``, ``pinv``, ``prox``, ``svd``) and prior (``pixel``,
     ``latent``) the method requires, ``"a|b"`` meaning either; ``default_steps``
     is the paper's step count.  ``run`` returns the ``N`` restorations.
+
+    ``clip_denoised`` (every method has it) clamps the denoised estimate to the
+    prior's ``data_range``: ``None`` clamps where the official code does
+    (``clips_denoised``, e.g. guided-diffusion's ``clip_denoised=True`` in DPS) or
+    where the prior's own scheduler does (``prior.clip_sample``); ``solve()`` records
+    the resolved value.
     """
 
     name: ClassVar[str] = ""
     needs: ClassVar[tuple[str, ...]] = ()
     default_steps: ClassVar[int] = 100
     summary: ClassVar[str] = ""
+    clips_denoised: ClassVar[bool] = False
+
+    clip_denoised: bool | None = None
 
     def resolved(self, problem: Problem) -> "Method":
         """A copy with defaults that depend on the problem filled in (default: ``self``)."""

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from invsolve.samplers.base import Method, Problem, register
 from invsolve.samplers.updates import spectral_measurement
+from invsolve.schedules import strided_timesteps
 
 
 @register
@@ -33,8 +34,9 @@ class DDRM(Method):
 
     Noise scale: the paper states sigma_y on the [0, 1] scale and doubles it for
     images in [-1, 1]; here ``noise_sigma`` already is on the [-1, 1] scale and enters
-    as is.  Grid: the EDM grid of the prior (rho = 7) instead of the paper's uniform
-    DDPM sub-sequence; the rules above are written for any decreasing sigmas.
+    as is.  Grid: the official strided DDPM timesteps (``runners/diffusion.py``:
+    t = 950, 900, …, 0 for 20 steps) of the prior's table; the EDM grid for priors
+    without one.
     Defaults: 20 steps, ``eta = 0.85``, ``eta_b = 1``.  Needs the operator's SVD;
     1 NFE per step, no network backprop.
     """
@@ -55,7 +57,7 @@ class DDRM(Method):
         s, ybar = spectral_measurement(svd, problem.y, problem.x_shape)
         observed = s > 0
         sigma_y = problem.noise_sigma / torch.where(observed, s, torch.ones_like(s))  # std of ybar
-        sigmas = problem.sigmas()
+        sigmas = problem.timestep_sigmas(strided_timesteps)
 
         start = observed & (sigma_y < sigmas[0])
         z = problem.randn(tuple(s.shape))
