@@ -44,6 +44,13 @@ class Operator(ABC):
     #: a short tag used by methods to pick paper defaults ("blur", "inpainting", ...).
     kind: str = "generic"
 
+    @property
+    def task(self) -> str:
+        """The benchmark task this operator is, finer than ``kind`` where papers set
+        different defaults per task: ``"gaussian_blur"``, ``"motion_blur"``,
+        ``"box_inpainting"``, ``"random_inpainting"``, ...; ``kind`` otherwise."""
+        return self.kind
+
     def __init__(self) -> None:
         self.forward_calls = 0
 

@@ -176,6 +176,8 @@ class GaussianBlur(Blur):
     ``kernel_size=61, sigma=3.0, padding="reflect"``.  See :class:`Blur` for the maths.
     """
 
+    task = "gaussian_blur"
+
     def __init__(self, kernel_size: int = 61, sigma: float = 3.0, padding: str = "reflect", rcond: float = 1e-4):
         self.kernel_size = as_int("kernel_size", kernel_size, minimum=1)
         self.sigma = as_float("sigma", sigma, minimum=0.0, strict_minimum=True)
@@ -188,6 +190,8 @@ class GaussianBlur(Blur):
 @register("uniform_blur")
 class UniformBlur(Blur):
     """Blur with the ``size x size`` box (moving-average) kernel. See :class:`Blur` for the maths."""
+
+    task = "uniform_blur"
 
     def __init__(self, size: int = 9, padding: str = "reflect", rcond: float = 1e-4):
         self.size = as_int("size", size, minimum=1)
@@ -207,6 +211,8 @@ class MotionBlur(Blur):
     ``intensity`` and ``seed`` are not used).  The benchmark setting (DPS / DAPS)
     is ``kernel_size=61, intensity=0.5``.  See :class:`Blur` for the maths.
     """
+
+    task = "motion_blur"
 
     def __init__(
         self,

@@ -230,6 +230,11 @@ class Inpainting(LinearOperator):
             drawn = random_mask(spatial, generator=generator, **self._options)
         self._mask = _as_mask_tensor(drawn)
 
+    @property
+    def task(self) -> str:
+        """``"box_inpainting"``, ``"random_inpainting"``, or ``"inpainting"`` for a given mask."""
+        return f"{self.source}_inpainting" if self.source in MASK_KINDS else "inpainting"
+
     def mask_for(self, shape: tuple[int, ...]) -> Tensor:
         """The mask as a bool tensor broadcastable to images of ``shape`` (drawn now if lazy)."""
         if len(shape) != 4:
