@@ -14,6 +14,8 @@ def capabilities(operator: Any, prior: Any) -> frozenset[str]:
     """What the operator and prior offer, in the vocabulary of ``Method.needs``."""
     caps = set(getattr(operator, "capabilities", {"forward", "vjp"}))
     caps.add("latent" if is_latent_prior(prior) else "pixel")
+    if getattr(prior, "text_conditioned", False):
+        caps.add("text")
     return frozenset(caps)
 
 

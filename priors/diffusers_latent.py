@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor
@@ -32,12 +33,14 @@ class TextConditionedDenoiser(DiffusersPixelPrior):
     (Ho & Salimans, "Classifier-Free Diffusion Guidance", 2021)
 
     .. math::
-        \hat f = f(x, t, \varnothing) + w\,(f(x, t, c) - f(x, t, \varnothing)),
+        \hat f = f(x, t, n) + w\,(f(x, t, c) - f(x, t, n)),
 
-    with ``c`` the embedding of ``prompt`` and ``∅`` that of the empty prompt.  ``w = 1``
-    (the default) is plain conditional sampling with one network pass; any other ``w``
-    batches the two passes together.  With the empty prompt both embeddings coincide, so
-    the prior is the model's unconditional one.  Cross-attention UNets accept any latent
+    with ``c`` the embedding of ``prompt`` and ``n`` the negative (null-text) embedding,
+    that of the empty prompt unless :meth:`conditioning` sets others.  ``w = 1`` (the
+    default) is plain conditional sampling and ``w = 0`` the negative branch alone, each
+    with one network pass; any other ``w`` batches the two passes together.  With the empty
+    prompt both embeddings coincide, so the prior is the model's unconditional one.
+    Embeddings have one row or one per batch row.  Cross-attention UNets accept any latent
     size that is a multiple of their down-sampling factor, so ``data_shape`` is ``None``.
     """
 
@@ -57,27 +60,75 @@ class TextConditionedDenoiser(DiffusersPixelPrior):
         self.tokenizer = tokenizer
         self.set_prompt(prompt, guidance_scale)
 
-    def set_prompt(self, prompt: str = "", guidance_scale: float = 1.0) -> None:
-        """Condition on ``prompt`` with guidance weight ``guidance_scale`` (Stable Diffusion's own default is 7.5)."""
+    def encode_text(self, prompt: str) -> Tensor:
+        """The embedding ``(1, tokens, width)`` of ``prompt`` (:func:`encode_prompt`) in the network's dtype."""
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
-        if not guidance_scale >= 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+        return encode_prompt(self.text_encoder, self.tokenizer, prompt).to(self.dtype)
+
+    def set_prompt(self, prompt: str = "", guidance_scale: float = 1.0) -> None:
+        """Condition on ``prompt`` with guidance weight ``guidance_scale`` (Stable Diffusion's own default is 7.5)."""
+        _check_guidance(guidance_scale)
+        self.prompt_embeds = self.encode_text(prompt)
+        self.negative_embeds = self.encode_text("")
         self.prompt = prompt
         self.guidance_scale = float(guidance_scale)
-        self.prompt_embeds = encode_prompt(self.text_encoder, self.tokenizer, prompt).to(self.dtype)
-        self.empty_embeds = encode_prompt(self.text_encoder, self.tokenizer, "").to(self.dtype)
+
+    @contextmanager
+    def conditioning(
+        self,
+        prompt_embeds: Tensor | None = None,
+        negative_embeds: Tensor | None = None,
+        guidance_scale: float | None = None,
+    ) -> Iterator[None]:
+        """Inside the block, guide with these embeddings and weight (``None`` keeps the current one).
+
+        Embeddings are ``(1 or N, tokens, width)`` tensors like :meth:`encode_text`'s, for
+        example a tuned prompt or a negated null text; gradients flow to them.  The
+        previous conditioning is restored on exit.
+        """
+        width = self.prompt_embeds.shape[1:]
+        for label, embeds in (("prompt_embeds", prompt_embeds), ("negative_embeds", negative_embeds)):
+            if embeds is not None and (embeds.ndim != 3 or embeds.shape[1:] != width):
+                raise ValueError(
+                    f"{label} must have shape (rows, {', '.join(map(str, width))}) like encode_text's, "
+                    f"got {tuple(embeds.shape)}"
+                )
+        if guidance_scale is not None:
+            _check_guidance(guidance_scale)
+        saved = (self.prompt_embeds, self.negative_embeds, self.guidance_scale)
+        if prompt_embeds is not None:
+            self.prompt_embeds = prompt_embeds
+        if negative_embeds is not None:
+            self.negative_embeds = negative_embeds
+        if guidance_scale is not None:
+            self.guidance_scale = float(guidance_scale)
+        try:
+            yield
+        finally:
+            self.prompt_embeds, self.negative_embeds, self.guidance_scale = saved
+
+    def _rows(self, embeds: Tensor, inputs: Tensor) -> Tensor:
+        n = inputs.shape[0]
+        if embeds.shape[0] not in (1, n):
+            raise ValueError(f"text embeddings have {embeds.shape[0]} rows for a batch of {n}; give 1 or {n}")
+        return embeds.to(device=inputs.device, dtype=inputs.dtype).expand(n, -1, -1)
 
     def _call_unet(self, inputs: Tensor, timestep: Tensor) -> Tensor:
-        n = inputs.shape[0]
-        cond = self.prompt_embeds.to(inputs.device).expand(n, -1, -1)
-        if self.guidance_scale == 1.0:
-            return self.unet(inputs, timestep, encoder_hidden_states=cond, return_dict=False)[0]
-        both = torch.cat([self.empty_embeds.to(inputs.device).expand(n, -1, -1), cond])
+        w = self.guidance_scale
+        if w in (0.0, 1.0):
+            embeds = self._rows(self.prompt_embeds if w == 1.0 else self.negative_embeds, inputs)
+            return self.unet(inputs, timestep, encoder_hidden_states=embeds, return_dict=False)[0]
+        both = torch.cat([self._rows(self.negative_embeds, inputs), self._rows(self.prompt_embeds, inputs)])
         out = self.unet(torch.cat([inputs, inputs]), torch.cat([timestep, timestep]), encoder_hidden_states=both,
                         return_dict=False)[0]
-        unconditional, conditional = out.chunk(2)
-        return unconditional + self.guidance_scale * (conditional - unconditional)
+        negative, conditional = out.chunk(2)
+        return negative + w * (conditional - negative)
+
+
+def _check_guidance(guidance_scale: float) -> None:
+    if not guidance_scale >= 0:
+        raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
 
 
 class DiffusersLatentPrior(LatentPrior):
@@ -145,11 +196,39 @@ class DiffusersLatentPrior(LatentPrior):
         """The latent denoiser's timestep table (methods take their official spacing from it)."""
         return self.denoiser.sigmas
 
-    def set_prompt(self, prompt: str = "", guidance_scale: float = 1.0) -> None:
-        """Text conditioning of a Stable Diffusion prior (see :class:`TextConditionedDenoiser`)."""
+    @property
+    def prompt(self) -> str | None:
+        """The prompt a text-conditioned prior denoises with (``None`` without a text encoder)."""
+        return self.denoiser.prompt if self.text_conditioned else None
+
+    @property
+    def guidance_scale(self) -> float | None:
+        """The classifier-free guidance weight of a text-conditioned prior (``None`` without a text encoder)."""
+        return self.denoiser.guidance_scale if self.text_conditioned else None
+
+    def _text_denoiser(self) -> TextConditionedDenoiser:
         if not self.text_conditioned:
             raise ValueError("this latent prior has no text encoder; prompts need a Stable Diffusion pipeline")
-        self.denoiser.set_prompt(prompt, guidance_scale)
+        return self.denoiser
+
+    def set_prompt(self, prompt: str = "", guidance_scale: float = 1.0) -> None:
+        """Text conditioning of a Stable Diffusion prior (see :class:`TextConditionedDenoiser`)."""
+        self._text_denoiser().set_prompt(prompt, guidance_scale)
+
+    def encode_text(self, prompt: str) -> Tensor:
+        """The text encoder's embedding ``(1, tokens, width)`` of ``prompt``."""
+        return self._text_denoiser().encode_text(prompt)
+
+    def text_conditioning(
+        self,
+        prompt_embeds: Tensor | None = None,
+        negative_embeds: Tensor | None = None,
+        guidance_scale: float | None = None,
+    ) -> AbstractContextManager[None]:
+        """Context manager: denoise with given prompt / negative embeddings and guidance weight
+        (:meth:`TextConditionedDenoiser.conditioning`), e.g. a tuned prompt (P2L) or a negated
+        null text (TReg)."""
+        return self._text_denoiser().conditioning(prompt_embeds, negative_embeds, guidance_scale)
 
     def latent_shape(self, pixel_shape: tuple[int, ...]) -> tuple[int, ...]:
         if len(pixel_shape) != 4 or pixel_shape[1] != self.image_channels:
