@@ -7,13 +7,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from priors.base import is_latent_prior, is_prior
+from priors.base import is_latent_prior, is_prior, is_proximal_prior, is_restorer_prior
 
 
 def capabilities(operator: Any, prior: Any) -> frozenset[str]:
     """What the operator and prior offer, in the vocabulary of ``Method.needs``."""
     caps = set(getattr(operator, "capabilities", {"forward", "vjp"}))
-    caps.add("latent" if is_latent_prior(prior) else "pixel")
+    if is_restorer_prior(prior) or is_proximal_prior(prior):
+        caps.add("restorer" if is_restorer_prior(prior) else "proximal")
+    else:
+        caps.add("latent" if is_latent_prior(prior) else "pixel")
     if getattr(prior, "text_conditioned", False):
         caps.add("text")
     return frozenset(caps)
@@ -40,10 +43,11 @@ def check_methods_fit(names: list[str], classes: dict[str, Any], operator: Any, 
 
 
 def check_prior(prior: Any) -> None:
-    if not is_prior(prior):
+    if not (is_prior(prior) or is_restorer_prior(prior) or is_proximal_prior(prior)):
         raise TypeError(
             f"{type(prior).__name__} is not a prior: a prior needs denoise(x, sigma), "
-            "sigma_min and sigma_max (see priors.Prior)"
+            "sigma_min and sigma_max (see priors.Prior), or is a restorer / proximal prior "
+            "(priors.RestorerPrior, priors.LPNPrior)"
         )
 
 

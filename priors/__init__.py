@@ -1,15 +1,19 @@
 """Diffusion priors: analytic Gaussian / mixture priors, diffusers pixel and latent models,
-ADM checkpoints, the bundled default, and wrappers (tiling, clipping)."""
+ADM checkpoints, the bundled default, and wrappers (tiling, clipping); restoration networks
+and learned proximal networks as priors."""
 
 from priors.adm import ADMPrior, load_adm, resolve_adm_checkpoint
 from priors.adm_unet import ADMConfig, ADMUNet
-from priors.base import LatentPrior, Prior, is_latent_prior, is_prior
+from priors.base import LatentPrior, Prior, is_latent_prior, is_prior, is_proximal_prior, is_restorer_prior
 from priors.clipped import ClippedPrior
 from priors.diffusers_latent import DiffusersLatentPrior, TextConditionedDenoiser
 from priors.diffusers_pixel import DiffusersPixelPrior
 from priors.gaussian import GaussianMixturePrior, GaussianPrior
 from priors.image_format import fixed_size, image_mode
 from priors.loading import load_prior
+from priors.lpn import ConvexPotential, LPNPrior
+from priors.network_priors import load_network_prior
+from priors.restorer import ResidualUpsampler, RestorerPrior
 from priors.tiled import Tiled, TiledLatent
 from priors.vp import VPDenoiser
 
@@ -18,12 +22,16 @@ __all__ = [
     "ADMPrior",
     "ADMUNet",
     "ClippedPrior",
+    "ConvexPotential",
     "DiffusersLatentPrior",
     "DiffusersPixelPrior",
     "GaussianMixturePrior",
     "GaussianPrior",
+    "LPNPrior",
     "LatentPrior",
     "Prior",
+    "ResidualUpsampler",
+    "RestorerPrior",
     "TextConditionedDenoiser",
     "Tiled",
     "TiledLatent",
@@ -32,7 +40,10 @@ __all__ = [
     "image_mode",
     "is_latent_prior",
     "is_prior",
+    "is_proximal_prior",
+    "is_restorer_prior",
     "load_adm",
+    "load_network_prior",
     "load_prior",
     "resolve_adm_checkpoint",
 ]

@@ -89,6 +89,18 @@ def is_latent_prior(obj: object) -> bool:
     return is_prior(obj) and all(hasattr(obj, n) for n in ("encode", "decode", "latent_shape"))
 
 
+def is_restorer_prior(obj: object) -> bool:
+    """Whether ``obj`` is a restoration-network prior (:class:`priors.restorer.RestorerPrior`
+    protocol: ``prior_kind == "restorer"``, ``restore(v)`` and ``degradation``)."""
+    return getattr(obj, "prior_kind", None) == "restorer" and all(hasattr(obj, n) for n in ("restore", "degradation"))
+
+
+def is_proximal_prior(obj: object) -> bool:
+    """Whether ``obj`` is a proximal-operator prior (:class:`priors.lpn.LPNPrior` protocol:
+    ``prior_kind == "proximal"`` and ``prox(x)``)."""
+    return getattr(obj, "prior_kind", None) == "proximal" and hasattr(obj, "prox")
+
+
 def expand_sigma(sigma: Tensor, x: Tensor) -> Tensor:
     """Reshape per-item ``sigma`` of shape ``(N,)`` to broadcast against ``x``."""
     return sigma.reshape(-1, *([1] * (x.ndim - 1)))

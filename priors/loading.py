@@ -24,6 +24,7 @@ from priors.base import Prior
 from priors.bundled import bundled, bundled_path
 from priors.diffusers_latent import AUTOENCODER_CLASSES, DiffusersLatentPrior, TextConditionedDenoiser
 from priors.diffusers_pixel import DiffusersPixelPrior
+from priors.network_priors import load_network_prior
 
 #: Keyword arguments ``load_prior`` forwards to the Hub download and ``from_pretrained``.
 HUB_OPTIONS = ("revision", "cache_dir", "local_files_only", "token", "variant", "use_safetensors")
@@ -307,6 +308,9 @@ def load_prior(
         adm = resolve_adm_checkpoint(name_or_path, device, _as_dtype(dtype), **kwargs)
         if adm is not None:
             return adm
+        network = load_network_prior(name_or_path, device, _as_dtype(dtype))  # restorer / LPN folders
+        if network is not None:
+            return network
     unknown = sorted(set(kwargs) - set(HUB_OPTIONS))
     if unknown:
         known = ", ".join(("device", "dtype", "prompt", "guidance_scale", *HUB_OPTIONS))

@@ -1,0 +1,171 @@
+"""DRP: a restoration network as an implicit prior."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import operators
+from invsolve.samplers.base import Method, Problem, register
+from operators.conjugate_gradient import conjugate_gradient
+
+#: Official settings per operator kind (wustl-cig/DRP): ``(lam, relaxation, final_relaxation, final_iterations)``.
+#: Deblurring ``deblur_experments/DRP_deblur_k1.py``: 35 iterations, tau 0.1 then 0.05 for the last 5;
+#: super-resolution ``sisr_experiments/DRP_sisr_2x_k1.py``: lam 0.05, tau 0.05 for the last 11 of 30;
+#: denoising ``denoising_experiments/DRP_denoising_2x.py``: tau 0.02 throughout.
+DRP_SETTINGS: dict[str, tuple[float, float, float, int]] = {
+    "blur": (0.04, 0.1, 0.05, 5),
+    "super_resolution": (0.05, 0.1, 0.05, 11),
+    "denoising": (0.04, 0.02, 0.02, 0),
+}
+DRP_DEFAULT_SETTINGS = DRP_SETTINGS["blur"]
+
+
+def resize_factor(operator: Any) -> int:
+    """The downsampling factor of a super-resolution operator, 1 for any other operator."""
+    return int(getattr(operator, "factor", 1)) if getattr(operator, "kind", "") == "super_resolution" else 1
+
+
+def count_network_calls(problem: Problem, rows: int) -> None:
+    """Add ``rows`` network evaluations to ``solve()``'s NFE (its counting proxy counts only ``denoise``)."""
+    if hasattr(problem.prior, "items"):
+        problem.prior.items += rows
+
+
+def initial_estimate(operator: Any, y: Tensor) -> Tensor:
+    """The official start: the measurement itself when it has the image's shape (deblurring,
+    denoising); for super-resolution ``factor^2 A^T y`` (the official ``aty`` uses bicubic upsampling
+    as ``A^T``, which is ``factor^2`` times the exact adjoint); otherwise ``A^+ y``."""
+    shape = tuple(operator.input_shape(tuple(y.shape)))
+    if shape == tuple(y.shape):
+        return y.clone()
+    if getattr(operator, "kind", "") == "super_resolution":
+        return resize_factor(operator) ** 2 * operator.adjoint(y)
+    return operator.pinv(y)
+
+
+@register
+@dataclass
+class DRP(Method):
+    r"""DRP (Hu, Delbracio, Milanfar and Kamilov, "A Restoration Network as an Implicit Prior",
+    ICLR 2024; official code ``wustl-cig/DRP``).
+
+    A restorer ``R`` trained to invert a degradation ``H`` (here: the prior's
+    ``degradation``, e.g. x2 bicubic SR) defines the prior through ``x \mapsto R(H x)``.
+    Each iteration (the official ``main`` loops):
+
+    .. math::
+        x_R &= R(H x), \qquad z = \tau x_R + (1 - \tau) x
+              \quad(= x - \tau (x - R(H x))), \\
+        x &\leftarrow \arg\min_u \tfrac12\lVert y - A u\rVert^2 + \tfrac{\rho}{2}\lVert H (u - z)\rVert^2,
+        \quad (A^\top A + \rho H^\top H)\, u = A^\top y + \rho H^\top H z,
+
+    the ``sprox`` weighted by ``H^T H``, solved by ``cg_iterations`` (3) conjugate-gradient steps
+    warm-started at ``z`` (official ``utils/utils_conj.py``), or by ``operator.prox(z, y, rho)``
+    when ``H`` is the identity (a denoising restorer; closed form for masks and circular blurs).
+    The result is the last restorer output ``x_R`` (the official ``img_E``).
+
+    **Weights.** ``lam`` is the official value (0.04 deblurring and denoising, 0.05 SR).  The
+    official code uses bicubic *upsampling* as ``H^T`` and, for SR, as ``A^T``: ``factor^2`` times
+    the exact adjoints used here, so ``rho = lam * f_H^2 / f_A^2`` (``f`` the SR factors, 1 for
+    other operators).  The official scripts work on [0, 1] images; both terms are quadratic, so
+    ``rho`` is the same on [-1, 1].
+
+    **Schedule.** ``relaxation`` (tau) 0.1, then ``final_relaxation`` 0.05 for the last
+    ``final_iterations`` (deblurring: 5 of 35; SR: 11 of the scripts' 30); denoising 0.02 throughout.
+    Chosen per ``operator.kind`` when left ``None`` (deblurring values for other kinds).
+    **Prior refinement** (the paper's section 4): where a second restorer is given as
+    ``refinement`` (a restorer prior, or a bundled name / folder for ``priors.load_prior``), it
+    replaces ``R`` for the last ``final_iterations``, as the official scripts switch from their x3
+    to their x2 SwinIR (x4 to x3 for SR x3; the SR scripts switch the restorer one iteration after
+    tau).  ``steps`` = iterations, default 35 (the deblurring script; the SR scripts run 30).
+    One restorer call and ``cg_iterations`` applications of ``A^T A`` and ``H^T H`` per iteration.
+    """
+
+    name = "drp"
+    needs = ("adjoint", "restorer")
+    default_steps = 35
+    summary = "DRP: a restoration network R as implicit prior, x <- sprox(x - tau (x - R(H x))) (needs a restorer prior)"
+
+    lam: float | None = None
+    relaxation: float | None = None
+    final_relaxation: float | None = None
+    final_iterations: int | None = None
+    cg_iterations: int = 3
+    refinement: Any = None
+
+    def resolved(self, problem: Problem) -> "DRP":
+        lam, tau, tau_final, final = DRP_SETTINGS.get(getattr(problem.operator, "kind", ""), DRP_DEFAULT_SETTINGS)
+        method = dataclasses.replace(
+            self,
+            lam=lam if self.lam is None else self.lam,
+            relaxation=tau if self.relaxation is None else self.relaxation,
+            final_relaxation=tau_final if self.final_relaxation is None else self.final_relaxation,
+            final_iterations=final if self.final_iterations is None else self.final_iterations,
+        )
+        if method.lam <= 0:
+            raise ValueError(f"lam must be > 0, got {method.lam}")
+        for label, value in (("relaxation", method.relaxation), ("final_relaxation", method.final_relaxation)):
+            if not 0 < value <= 1:
+                raise ValueError(f"{label} must be in (0, 1], got {value}")
+        if method.cg_iterations < 1:
+            raise ValueError(f"cg_iterations must be >= 1, got {method.cg_iterations}")
+        if isinstance(method.refinement, str):
+            from priors import load_prior
+
+            method = dataclasses.replace(method, refinement=load_prior(method.refinement))
+        if method.refinement is not None and getattr(method.refinement, "prior_kind", None) != "restorer":
+            raise TypeError("refinement must be a restorer prior (priors.RestorerPrior) or the name / folder of one")
+        return method
+
+    def options(self) -> dict[str, Any]:
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if fields["refinement"] is not None and not isinstance(fields["refinement"], str):
+            fields["refinement"] = repr(fields["refinement"])
+        return fields
+
+    @staticmethod
+    def degradation(restorer: Any) -> Any:
+        """The restorer's ``H`` as an operator (``None`` for the identity)."""
+        spec = restorer.degradation
+        if isinstance(spec, dict):
+            arguments = {key: value for key, value in spec.items() if key != "operator"}
+            return operators.build(spec["operator"], **arguments)
+        return spec
+
+    def data_step(self, problem: Problem, z: Tensor, degradation: Any) -> Tensor:
+        """``argmin ||y - A u||^2 / 2 + rho ||H (u - z)||^2 / 2``: closed form for ``H = I``, else CG from ``z``."""
+        operator = problem.operator
+        rho = self.lam * resize_factor(degradation) ** 2 / resize_factor(operator) ** 2
+        if degradation is None:
+            return operator.prox(z, problem.y, rho)
+        rhs = operator.adjoint(problem.y) + rho * degradation.adjoint(degradation(z))
+
+        def normal(u: Tensor) -> Tensor:
+            return operator.adjoint(operator(u)) + rho * degradation.adjoint(degradation(u))
+
+        return conjugate_gradient(normal, rhs, self.cg_iterations, tolerance=0.0, x0=z)
+
+    def run(self, problem: Problem) -> Tensor:
+        prior = problem.prior
+        phases = [(prior, self.degradation(prior))]
+        if self.refinement is not None:
+            phases.append((self.refinement, self.degradation(self.refinement)))
+        switch = problem.steps - self.final_iterations
+        with torch.no_grad():
+            x = initial_estimate(problem.operator, problem.y)
+            restored = x
+            for i in problem.iterate(range(problem.steps), self.name):
+                final = i >= switch
+                restorer, degradation = phases[-1] if final else phases[0]
+                restored = restorer.restore(x if degradation is None else degradation(x))
+                count_network_calls(problem, x.shape[0])
+                tau = self.final_relaxation if final else self.relaxation
+                z = tau * restored + (1 - tau) * x
+                x = self.data_step(problem, z, degradation)
+                problem.report(i, 0.0, x, restored)
+        return restored
