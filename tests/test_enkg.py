@@ -10,7 +10,10 @@ import invsolve.samplers.enkg as enkg_module
 from invsolve import solve
 from operators import BlackBox, HighDynamicRange
 from posterior_problems import make_gmm_problem, sliced_wasserstein
-from priors import GaussianPrior
+from invsolve.samplers.enkg import EnKG
+from invsolve.schedules import karras_sigmas
+from priors import GaussianMixturePrior, GaussianPrior
+from priors.adm import linear_alphas_cumprod
 
 F64 = torch.float64
 
@@ -82,9 +85,11 @@ def test_a_torch_black_box_is_never_differentiated():
         return x @ operator.A.T
 
     op = BlackBox(simulator, output_shape=(4,))
+    before_sampling = []  # what solve's own checks pass through the operator before level 0 (unguided)
     result = solve(y, op, prior, method="enkg", steps=10, seed=0, num_samples=32, ensemble_size=32,
-                   noise_sigma=noise_sigma, progress=False, batch_size=None)
-    assert sum(calls) == 32 * result.operator_calls > 0
+                   noise_sigma=noise_sigma, progress=False, batch_size=None,
+                   callback=lambda state: before_sampling.append(sum(calls)) if state["step"] == 0 else None)
+    assert sum(calls) - before_sampling[0] == 32 * result.operator_calls > 0
 
 
 def test_chunked_and_unchunked_runs_agree():
@@ -151,10 +156,55 @@ def test_enkg_inverts_a_saturating_sensor_on_images():
     assert (samples[:, saturated] * y[saturated].sign()).min() > 0.45
 
 
+def test_levels_are_the_official_edm_grid_down_to_0002_on_a_table_prior():
+    # devzhk/enkg-pytorch algo/enkg.py: t_steps = (sigma_max^(1/rho) + i / (N - 1) (sigma_min^(1/rho)
+    # - sigma_max^(1/rho)))^rho, then 0; sigma_min 0.002 even below a DDPM table's floor (0.01), where
+    # the VP prior clamps the timestep and keeps the requested sigma.
+    prior, operator, y, noise_sigma, _ = make_gmm_problem(8, 4, 0)
+    table_prior = GaussianMixturePrior(prior.weights, prior.means, 1.0, alphas_cumprod=linear_alphas_cumprod())
+    assert table_prior.sigma_min > 0.01
+    seen = []
+    solve(y, numpy_blackbox(operator.A), table_prior, method="enkg", steps=12, seed=0, num_samples=8,
+          ensemble_size=8, noise_sigma=noise_sigma, progress=False, callback=lambda state: seen.append(state["sigma"]))
+    official = [(80.0 ** (1 / 7) + i / 11 * (0.002 ** (1 / 7) - 80.0 ** (1 / 7))) ** 7 for i in range(12)]
+    assert seen == pytest.approx(official, rel=1e-9)
+    assert seen[-1] == pytest.approx(0.002)
+
+
+def test_defaults_are_the_official_image_runs():
+    # scripts/ffhq.sh (EnKG lines) over configs/algorithm/enkg.yaml: guidance_scale 2.0, num_samples 1024,
+    # num_updates 2, threshold_start = threshold_end = 0.05, lr_min_ratio 0.0, num_steps 80,
+    # sigma_max 80, sigma_min 0.002, rho 7; algo/enkg.py: min(1 + (num_steps - i) // 4, 20) ODE steps.
+    method = EnKG()
+    assert (method.eta, method.ensemble_size, method.updates, method.skip_fraction, method.lr_min_ratio) == (
+        2.0, 1024, 2, 0.05, 0.0)
+    assert (EnKG.default_steps, method.sigma_max, method.sigma_min, method.rho) == (80, 80.0, 0.002, 7.0)
+    assert (method.ode_step_divisor, method.max_ode_steps) == (4, 20)
+    assert method.guidance_scale(10, 80) == 2.0  # lr_min_ratio 0: get_lr returns guidance_scale
+    decaying = EnKG(lr_min_ratio=1e-3)  # configs/algorithm/enkg.yaml, black-hole block: get_lr
+    assert decaying.guidance_scale(10, 80) == pytest.approx(2.0 * (1 - 1e-3) * 70 / 80 + 1e-3, rel=1e-12)
+
+
+def test_x0_predictions_end_at_sigma_min():
+    # algo/enkg.py ode_sampler: EDM grid from sigma_start to sigma_eps = 0.002, then 0.
+    prior, operator, _, _, _ = make_gmm_problem(8, 4, 0)
+    calls = []
+
+    class Recorder:
+        def denoise(self, x, sigma):
+            calls.append(float(sigma))
+            return x
+
+    EnKG()._predict_x0(Recorder(), torch.zeros(1, 8, dtype=F64), 5.0, 4, 0.002)
+    assert calls == pytest.approx(karras_sigmas(4, 0.002, 5.0, 7.0)[:-1].tolist(), rel=1e-12)
+    assert calls[-1] == pytest.approx(0.002)
+
+
 def test_bad_options_are_rejected_with_clear_errors():
     prior, operator, y, _, _ = make_gmm_problem(8, 4, 0)
     op = numpy_blackbox(operator.A)
     for options, message in [({"ensemble_size": 1}, "ensemble_size"), ({"eta": 0.0}, "eta"),
-                             ({"batch_size": 0}, "batch_size"), ({"skip_fraction": 0.5}, "skip_fraction")]:
+                             ({"batch_size": 0}, "batch_size"), ({"skip_fraction": 0.5}, "skip_fraction"),
+                             ({"lr_min_ratio": 1.5}, "lr_min_ratio")]:
         with pytest.raises(ValueError, match=message):
             solve(y, op, prior, method="enkg", steps=4, seed=0, progress=False, **options)

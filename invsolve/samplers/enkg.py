@@ -54,7 +54,10 @@ class EnKG(Method):
     An ensemble of ``J`` particles ``x^j`` starts from ``N(0, sigma_max^2 I)`` and
     follows the probability-flow ODE ``dx/dsigma = (x - D(x, sigma)) / sigma`` on
     the EDM grid (Karras et al. 2022; ``sigma_max`` 80 → ``sigma_min`` 0.002, ``rho``
-    7, clipped to the prior's range), one Euler step per level.  Before the Euler
+    7, then 0), one Euler step per level.  The levels are not clipped to the prior's
+    range: a table prior (DDPM / ADM) clamps the timestep at the table's end and keeps
+    the requested sigma, as the official code queries its ADM through EDM's ``VPPrecond``
+    at any sigma.  Before the Euler
     step of each guided level ``i`` (all but the first and last ``skip_fraction``
     of the ``N`` steps), the ensemble is corrected ``updates`` (``U``) times:
 
@@ -64,7 +67,9 @@ class EnKG(Method):
        (``K_i = 1`` is the plain denoiser ``D(x^j, sigma_i)``);
     2. ``y^j = G(x0^j)``, ``e^j = y^j - y``;
     3. ``M_jk = <e^j, y^k - ybar> / J``, ``Delta^j = sum_k M_jk (x^k - xbar)``;
-    4. ``x^j <- x^j - (eta / ||M||_F) Delta^j``.
+    4. ``x^j <- x^j - (eta_i / ||M||_F) Delta^j``, with ``eta_i = eta`` (``lr_min_ratio = 0``,
+       the official image runs) or ``eta (1 - r) (N - i) / N + r`` for ``r = lr_min_ratio > 0``
+       (``get_lr`` of ``algo/enkg.py``).
 
     The measurement noise level does not enter the update (the step is normalised
     by ``||M||_F``); ``noise_sigma`` is on the [-1, 1] scale like the paper's.
@@ -89,8 +94,18 @@ class EnKG(Method):
     :class:`invsolve.Result` reports these per returned sample, i.e. multiplied by
     the ensemble size over ``num_samples``.  Network and operator are evaluated in
     chunks of ``batch_size`` particles (``None``: all at once), which bounds memory
-    without changing the result.  Defaults are the paper's for images: ``J`` = 1024,
-    ``U`` = 2, ``eta`` = 2.
+    without changing the result.  Defaults are the official image runs
+    (devzhk/enkg-pytorch ``scripts/ffhq.sh`` over ``configs/algorithm/enkg.yaml``, code in
+    ``algo/enkg.py``): ``J`` = 1024, ``U`` = 2, ``eta`` = 2, ``lr_min_ratio`` = 0, 80 steps,
+    ``threshold_start = threshold_end = 0.05`` (``skip_fraction``), sigma 80 → 0.002,
+    ``rho`` = 7, x0 predictor ``min(1 + (N - i) // 4, 20)`` Euler steps down to 0.002.
+
+    Still different from the official code: its ADM is queried at the continuous VP time
+    ``999 t(sigma)`` (EDM's ``VPPrecond``), here the timestep is interpolated in ``log sigma``
+    over the exact table and clamped at its ends (below sigma 0.01 the official network
+    sees t < 1, invsolve's t = 0); the official ensemble is one measurement's particles,
+    here every distinct measurement gets its own (see above); its x0 predictor ends at a
+    fixed 0.002, here at ``sigma_min`` (0.002 by default).
     """
 
     name = "enkg"
@@ -101,6 +116,7 @@ class EnKG(Method):
     ensemble_size: int = 1024
     updates: int = 2
     eta: float = 2.0
+    lr_min_ratio: float = 0.0
     skip_fraction: float = 0.05
     ode_step_divisor: int = 4
     max_ode_steps: int = 20
@@ -122,6 +138,8 @@ class EnKG(Method):
             raise ValueError(f"skip_fraction must be in [0, 0.5), got {self.skip_fraction}")
         if self.ode_step_divisor < 1 or self.max_ode_steps < 1:
             raise ValueError("ode_step_divisor and max_ode_steps must be >= 1")
+        if not 0 <= self.lr_min_ratio <= 1:
+            raise ValueError(f"lr_min_ratio must be in [0, 1], got {self.lr_min_ratio}")
         if not 0 < self.sigma_min < self.sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
         if self.batch_size is not None and self.batch_size < 1:
@@ -138,15 +156,11 @@ class EnKG(Method):
         """
         return self.skip_fraction * steps < i < steps - int(self.skip_fraction * steps)
 
-    def _levels(self, problem: Problem) -> tuple[float, float]:
-        lo = max(self.sigma_min, problem.prior.sigma_min)
-        hi = min(self.sigma_max, problem.prior.sigma_max)
-        if not lo < hi:
-            raise ValueError(
-                f"the prior's noise range [{problem.prior.sigma_min}, {problem.prior.sigma_max}] does not "
-                f"overlap EnKG's [{self.sigma_min}, {self.sigma_max}]; set sigma_min / sigma_max"
-            )
-        return lo, hi
+    def guidance_scale(self, i: int, steps: int) -> float:
+        """``eta_i``: ``eta``, or with ``lr_min_ratio = r > 0`` the official ``eta (1 - r) (N - i) / N + r``."""
+        if self.lr_min_ratio > 0:
+            return self.eta * (1 - self.lr_min_ratio) * (steps - i) / steps + self.lr_min_ratio
+        return self.eta
 
     def _predict_x0(self, problem: Problem, x: Tensor, sigma: float, steps: int, sigma_end: float) -> Tensor:
         """End point of ``steps`` Euler steps of the probability-flow ODE from ``sigma`` to 0."""
@@ -162,7 +176,7 @@ class EnKG(Method):
     def run(self, problem: Problem) -> Tensor:
         y, size, returned = ensemble_layout(problem.y, self.ensemble_size)
         num_groups = y.shape[0]
-        sigma_end, sigma_start = self._levels(problem)
+        sigma_end, sigma_start = self.sigma_min, self.sigma_max
         sigmas = karras_sigmas(problem.steps, sigma_end, sigma_start, self.rho).tolist()
         steps = len(sigmas) - 1
         x = sigma_start * problem.randn((num_groups * size, *problem.x_shape[1:]))
@@ -172,10 +186,11 @@ class EnKG(Method):
                 if self.is_guided(i, steps):
                     k = self.ode_steps(i, steps)
                     predict = partial(self._predict_measurements, problem, sigma=sigma, steps=k, sigma_end=sigma_end)
+                    eta = self.guidance_scale(i, steps)
                     for _ in range(self.updates):
                         predicted = in_chunks(predict, x, self.batch_size)
                         x = x + kalman_increment(
-                            x.reshape(num_groups, size, -1), predicted.reshape(num_groups, size, -1), y, self.eta
+                            x.reshape(num_groups, size, -1), predicted.reshape(num_groups, size, -1), y, eta
                         ).reshape(x.shape)
                 denoised = in_chunks(lambda c: problem.denoise(c, sigma), x, self.batch_size)
                 x = euler_step(x, denoised, sigma, sigma_next)

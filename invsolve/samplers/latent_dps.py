@@ -2,40 +2,51 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
-from invsolve.samplers.base import Problem, register
-from invsolve.samplers.dps import DPS
-from invsolve.samplers.latent import latent_problem
+from invsolve.samplers.base import Method, Problem, register
+from invsolve.samplers.psld import psld_sampling, psld_weights
 
 
 @register
 @dataclass
-class LatentDPS(DPS):
-    r"""DPS in the latent space of a latent diffusion model (Chung et al., ICLR 2023, applied to
-    latents as the "Latent-DPS" baseline of Rout et al., NeurIPS 2023 and Song et al., ICLR 2024).
+class LatentDPS(Method):
+    r"""DPS in the latent space of a latent diffusion model: the "Latent-DPS" baseline of
+    Rout et al. (PSLD, NeurIPS 2023) and Song et al. (ReSample, ICLR 2024).
 
-    The DPS update with the measurement seen through the decoder ``G``:
+    Neither repository has a separate latent-DPS script; the one latent DPS they can run is
+    LituRout/PSLD's sampler (``stable-diffusion/ldm/models/diffusion/psld.py``) without its
+    gluing term, which is what this is (:func:`~invsolve.samplers.psld.psld_sampling` with
+    ``gamma = 0``; ReSample's ``ldm_inverse/condition_methods.py`` only supplies the DPS step
+    inside ReSample).  With ``z0 = z - sigma eps`` and decoder ``G``:
 
     .. math::
-        z_{i-1} = z' - \zeta \sqrt{(1+\sigma_i^2)(1+\sigma_{i-1}^2)}\,
-        \nabla_{z_i} \lVert y - A(G(D(z_i, \sigma_i))) \rVert_2 ,
+        z' = \mathrm{DDIM}_\eta(z_0, \epsilon) - \omega \sqrt{(1+\sigma^2)(1+\sigma'^2)}\,
+        \nabla_{z} \lVert A G(z_0) + \sigma_y n - y \rVert ,
 
-    with ``z'`` the unconditional ancestral step (VE DDIM, ``eta``) and the norm per sample;
-    the result is ``G(z_0)``.  It is :class:`~invsolve.samplers.dps.DPS` run on the latent
-    view of the problem, so ``step_size`` and its defaults (0.3 blur / super-resolution,
-    0.5 inpainting, 1.0 phase retrieval, from ``operator.kind``) are DPS's.  Cost per step:
-    1 NFE, one decoder pass and one backprop through decoder and network.
+    per-sample norms, ``n`` fresh noise when ``residual_noise`` (the code's ``noiser``).
+    Defaults as PSLD's run scripts: 1000 CompVis DDIM steps, ``eta = 0``, ``omega`` from
+    :func:`~invsolve.samplers.psld.psld_weights` (Stable Diffusion 1, box inpainting 0.1;
+    other LDMs 0.1, super-resolution 0.9).  The result is the decoded last state.  Cost per
+    step: 1 NFE, one decoder pass and one backprop through decoder and network.
     """
 
     name = "latent_dps"
     needs = ("vjp", "latent")
-    summary = "DPS through the decoder of a latent diffusion prior"
+    default_steps = 1000
+    summary = "DPS through the decoder of a latent diffusion prior (PSLD's sampler without gluing)"
+
+    omega: float | None = None
+    eta: float = 0.0
+    residual_noise: bool = True
+
+    def resolved(self, problem: Problem) -> "LatentDPS":
+        if not 0 <= self.eta <= 1:
+            raise ValueError(f"eta must be in [0, 1], got {self.eta}")
+        return self if self.omega is not None else dataclasses.replace(self, omega=psld_weights(problem)[0])
 
     def run(self, problem: Problem) -> Tensor:
-        z = super().run(latent_problem(problem))
-        with torch.no_grad():
-            return problem.prior.decode(z)
+        return psld_sampling(problem, self.omega, 0.0, self.eta, self.residual_noise)

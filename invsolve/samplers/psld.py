@@ -10,14 +10,22 @@ import torch
 from torch import Tensor
 
 from invsolve.samplers.base import Method, Problem, register
-from invsolve.samplers.latent import latent_problem
-from invsolve.samplers.updates import ve_step_factor
-from invsolve.samplers.updates import ddim_step
+from invsolve.samplers.latent import latent_problem, ldm_ddim_levels, network_epsilon, vp_scale
+from invsolve.samplers.updates import ddim_step, ve_step_factor
 
-#: Paper weights (Rout et al. 2023): Stable Diffusion; LDM-FFHQ; LDM-FFHQ super-resolution.
-PSLD_SD_WEIGHTS = {"omega": 1.0, "gamma": 0.1}
-PSLD_LDM_WEIGHTS = {"omega": 0.1, "gamma": 0.1}
-PSLD_LDM_SR_OMEGA = 0.9
+
+def psld_weights(problem: Problem) -> tuple[float, float]:
+    """``(omega, gamma)`` of LituRout/PSLD's run scripts for this prior and operator.
+
+    Stable Diffusion (text-conditioned priors, ``stable-diffusion/run/inverse*.sh``): ``omega = 1``,
+    ``gamma = 0.1`` (``scripts/inverse.py`` defaults), box inpainting 0.1 / 0.01
+    (``inverse_bip.sh``).  Other latent diffusion models (``run/inverse_*_ldm.sh``, LDM FFHQ 256):
+    0.1 / 0.1, super-resolution ``omega = 0.9`` (``inverse_sr_ldm.sh``).
+    """
+    task = getattr(problem.operator, "task", getattr(problem.operator, "kind", "generic"))
+    if getattr(problem.prior, "text_conditioned", False):
+        return (0.1, 0.01) if task == "box_inpainting" else (1.0, 0.1)
+    return (0.9 if getattr(problem.operator, "kind", "generic") == "super_resolution" else 0.1), 0.1
 
 
 class NullSpaceComponent(torch.autograd.Function):
@@ -34,29 +42,92 @@ class NullSpaceComponent(torch.autograd.Function):
         return grad - ctx.operator.adjoint(ctx.operator(grad)), None
 
 
+def psld_step(
+    problem: Problem,
+    latent: Problem,
+    z: Tensor,
+    levels: tuple[float, float, float],
+    weights: tuple[float, float],
+    eta: float = 0.0,
+    residual_noise: bool = True,
+    adjoint_y: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    r"""One step of LituRout/PSLD's sampler (``p_sample_ddim`` of ``ldm/models/diffusion/psld.py``)
+    in VE form: ``levels = (sigma, sigma', sigma_net)``, ``weights = (omega, gamma)``.
+
+    With ``eps`` the network's output at timestep ``sigma_net`` for the state ``z`` and
+    ``z0 = z - sigma eps``:
+
+    .. math::
+        z' = \mathrm{DDIM}_\eta(z_0, \epsilon) - \sqrt{(1+\sigma^2)(1+\sigma'^2)}\,\nabla_{z}\big[
+        \omega \lVert A G(z_0) + \sigma_y n - y \rVert
+        + \gamma \lVert E(A^T y + (I - A^T A) G(z_0)) - z_0 \rVert \big]
+
+    (norms per sample; ``n`` fresh noise when ``residual_noise``, the code's
+    ``meas_pred = noiser(meas_pred)``; the gluing term needs ``adjoint_y = A^T y`` and is
+    skipped when ``gamma = 0``).  The square-root factor is the code's VP update
+    ``z_prev - gradients`` in VE form.  Returns ``z'`` and ``z0``.
+    """
+    sigma, sigma_next, sigma_net = levels
+    omega, gamma = weights
+    prior, operator = problem.prior, problem.operator
+    with torch.enable_grad():
+        z = z.detach().requires_grad_(True)
+        eps = network_epsilon(latent, z, sigma, sigma_net)
+        z0 = z - sigma * eps
+        x0 = prior.decode(z0)
+        predicted = operator(x0)
+        if residual_noise and problem.noise_sigma > 0:
+            predicted = predicted + problem.noise_sigma * latent.randn(tuple(predicted.shape))
+        loss = omega * (predicted - problem.y).flatten(1).norm(dim=1)
+        if gamma:
+            glued = adjoint_y + NullSpaceComponent.apply(x0, operator)
+            loss = loss + gamma * (prior.encode(glued) - z0).flatten(1).norm(dim=1)
+        (grad,) = torch.autograd.grad(loss.sum(), z)
+    with torch.no_grad():
+        z0, eps = z0.detach(), eps.detach()
+        z_next = ddim_step(z0, eps, sigma, sigma_next, eta, problem.generator)
+        return z_next - ve_step_factor(sigma, sigma_next) * grad, z0
+
+
+def psld_sampling(problem: Problem, omega: float, gamma: float, eta: float, residual_noise: bool) -> Tensor:
+    """LituRout/PSLD's sampler on CompVis' DDIM grid (:func:`~invsolve.samplers.latent.ldm_ddim_levels`),
+    :func:`psld_step` per step from the VP ``N(0, I)``; the last state (timestep 0, not the clean
+    latent) is decoded from its VP scaling, as the code decodes ``samples_ddim``."""
+    latent = latent_problem(problem)
+    levels, net = ldm_ddim_levels(latent)
+    adjoint_y = problem.operator.adjoint(problem.y) if gamma else None
+    z = latent.randn() / vp_scale(levels[0])
+    for i in latent.iterate(range(len(net)), problem.method):
+        z, z0 = psld_step(problem, latent, z, (levels[i], levels[i + 1], net[i]), (omega, gamma), eta,
+                          residual_noise, adjoint_y)
+        latent.report(i, levels[i], z, z0)
+    with torch.no_grad():
+        return problem.prior.decode(z * vp_scale(levels[-1]))
+
+
 @register
 @dataclass
 class PSLD(Method):
     r"""Posterior sampling with latent diffusion (Rout et al., "Solving Linear Inverse Problems
-    Provably via Posterior Sampling with Latent Diffusion Models", NeurIPS 2023, Alg. 2).
-
-    With ``z0 = D(z_i, sigma_i)``, decoder ``G`` and encoder ``E``, each step takes the
-    unconditional ancestral step ``z'`` and subtracts the gradient of two *norms*:
-
-    .. math::
-        z_{i-1} = z' - \sqrt{(1+\sigma_i^2)(1+\sigma_{i-1}^2)}\,\nabla_{z_i}\big[
-        \omega \lVert y - A G(z_0) \rVert
-        + \gamma \lVert z_0 - E(A^T y + (I - A^T A) G(z_0)) \rVert \big].
+    Provably via Posterior Sampling with Latent Diffusion Models", NeurIPS 2023), as
+    LituRout/PSLD runs it (:func:`psld_sampling`; ``stable-diffusion/scripts/inverse.py``:
+    ``ddim_steps = 1000``, ``ddim_eta = 0``).
 
     The ``gamma`` "gluing" term pulls ``z0`` towards the encoder's range of an image that
     agrees with ``y`` on the range of ``A^T`` and with ``G(z0)`` on the null space; that
     image is the projection onto ``{x : A x = y}`` only when ``A A^T = I`` (masks,
     super-resolution normalised to orthonormal rows), which is where the paper's
-    guarantee holds — elsewhere the term is a heuristic.  The square-root factor converts
-    the paper's VP step sizes to the VE convention, as for DPS.  ``omega`` / ``gamma``
-    default to the paper's values: 1 / 0.1 for Stable Diffusion (text-conditioned priors),
-    0.1 / 0.1 for LDMs (omega 0.9 for super-resolution).  Norms are per sample.  Cost per
-    step: 1 NFE, one decoder and one encoder pass, one backprop through all three.
+    guarantee holds; elsewhere the term is a heuristic.  ``omega`` / ``gamma`` default to
+    the run scripts' values (:func:`psld_weights`).  1000 steps (all ``T`` timesteps: the
+    alphas are read one timestep below the network's ``t``, as the code does), DDIM
+    ``eta = 0``.  Cost per step: 1 NFE, one decoder and one encoder pass, one backprop
+    through all three.
+
+    Still different from the code: Stable Diffusion's encoder there samples its KL
+    posterior (``get_first_stage_encoding``), here it returns the mean; the code's first
+    step asks the network at ``t = 1000``, past the table, here at 999; invsolve's latent
+    start is the same VP ``N(0, I)``.
     """
 
     name = "psld"
@@ -66,43 +137,16 @@ class PSLD(Method):
 
     omega: float | None = None
     gamma: float | None = None
-    eta: float = 1.0
+    eta: float = 0.0
+    residual_noise: bool = True
 
     def resolved(self, problem: Problem) -> "PSLD":
-        if getattr(problem.prior, "text_conditioned", False):
-            weights = dict(PSLD_SD_WEIGHTS)
-        else:
-            weights = dict(PSLD_LDM_WEIGHTS)
-            if getattr(problem.operator, "kind", "generic") == "super_resolution":
-                weights["omega"] = PSLD_LDM_SR_OMEGA
-        omega = weights["omega"] if self.omega is None else self.omega
-        gamma = weights["gamma"] if self.gamma is None else self.gamma
+        omega, gamma = psld_weights(problem)
+        omega = omega if self.omega is None else self.omega
+        gamma = gamma if self.gamma is None else self.gamma
+        if gamma < 0 or not 0 <= self.eta <= 1:
+            raise ValueError(f"need gamma >= 0 and 0 <= eta <= 1, got {gamma}, {self.eta}")
         return dataclasses.replace(self, omega=omega, gamma=gamma)
 
-    def _guidance(self, problem: Problem, z: Tensor, sigma: float, adjoint_y: Tensor) -> tuple[Tensor, Tensor]:
-        """``z0`` and the gradient of the weighted data and gluing norms with respect to ``z``."""
-        prior, operator = problem.prior, problem.operator
-        with torch.enable_grad():
-            z = z.detach().requires_grad_(True)
-            z0 = problem.denoise(z, sigma)
-            x0 = prior.decode(z0)
-            data = (problem.y - operator(x0)).flatten(1).norm(dim=1)
-            glued = adjoint_y + NullSpaceComponent.apply(x0, operator)
-            gluing = (z0 - prior.encode(glued)).flatten(1).norm(dim=1)
-            (grad,) = torch.autograd.grad((self.omega * data + self.gamma * gluing).sum(), z)
-        return z0.detach(), grad
-
     def run(self, problem: Problem) -> Tensor:
-        latent = latent_problem(problem)
-        sigmas = latent.sigmas()
-        adjoint_y = problem.operator.adjoint(problem.y)
-        z = sigmas[0] * latent.randn()
-        for i in latent.iterate(range(len(sigmas) - 1), self.name):
-            sigma, sigma_next = sigmas[i], sigmas[i + 1]
-            z0, grad = self._guidance(problem, z, sigma, adjoint_y)
-            with torch.no_grad():
-                z = ddim_step(z0, (z - z0) / sigma, sigma, sigma_next, self.eta, problem.generator)
-                z = z - ve_step_factor(sigma, sigma_next) * grad
-            latent.report(i, sigma, z, z0)
-        with torch.no_grad():
-            return problem.prior.decode(z)
+        return psld_sampling(problem, self.omega, self.gamma, self.eta, self.residual_noise)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -11,6 +12,7 @@ from torch import Tensor
 
 from invsolve.samplers.base import Method, Problem, register
 from invsolve.samplers.updates import misfit_gradient
+from invsolve.schedules import strided_timesteps
 
 #: Denoiser weightings ``w(sigma)`` of the paper's code; ``sigma = 1/sqrt(SNR)`` in VE.
 REDDIFF_WEIGHTINGS: dict[str, Callable[[float], float]] = {
@@ -19,23 +21,39 @@ REDDIFF_WEIGHTINGS: dict[str, Callable[[float], float]] = {
     "square": lambda s: s * s,
     "log": math.log1p,
     "trunc_linear": lambda s: min(s, 1.0),
+    "power2over3": lambda s: s ** (2 / 3),
     "const": lambda s: 1.0,
 }
-REDDIFF_INITS = ("auto", "tikhonov", "pinv", "adjoint", "zeros")
+REDDIFF_INITS = ("auto", "pinv", "tikhonov", "adjoint", "zeros")
 #: The operator method each start needs.
 INIT_NEEDS = {"tikhonov": "prox", "pinv": "pinv", "adjoint": "adjoint"}
+#: ``(lam, lr)`` by operator kind from NVlabs/RED-diff's scripts: ``sample_batch.sh`` (the batch
+#: runs: ``grad_term_weight=1.0`` for ``sr4`` and ``in2_20ff``, ``lr`` from ``_configs/algo/reddiff.yaml``)
+#: and ``sample_test.sh`` (``deblur_gauss``, ``deblur_nl``, ``hdr``, ``phase_retrieval``: 0.25 / 0.5).
+REDDIFF_SETTINGS = {
+    "super_resolution": (1.0, 0.1),
+    "inpainting": (1.0, 0.1),
+    "blur": (0.25, 0.5),
+    "phase_retrieval": (0.25, 0.5),
+    "hdr": (0.25, 0.5),
+}
+#: ``_configs/algo/reddiff.yaml``: ``grad_term_weight: 0.25``, ``lr: 0.1``.
+REDDIFF_DEFAULT_SETTINGS = (0.25, 0.1)
 
 
 @register
 @dataclass
 class REDDiff(Method):
     r"""RED-Diff (Mardani, Song, Kautz, Vahdat, "A Variational Perspective on Solving
-    Inverse Problems with Diffusion Models", ICLR 2024).
+    Inverse Problems with Diffusion Models", ICLR 2024), as NVlabs/RED-diff runs it
+    (``algos/reddiff.py``, ``utils/functions.py``, ``_configs/algo/reddiff.yaml``).
 
     A point estimate :math:`\mu` (the mean of a Dirac variational posterior) is
-    optimised with Adam while the noise level descends the prior's EDM grid
-    (``steps`` levels, one NFE each).  At level :math:`\sigma`, with fresh
-    :math:`\epsilon \sim N(0, I)` and :math:`D` evaluated without gradient,
+    optimised with Adam while the noise level descends the official grid: timesteps
+    ``range(0, T, T // steps)`` of the prior's table from high to low
+    (``utils/functions.py: get_timesteps`` with ``start_step = 1000``, ``end_step = 0``;
+    the EDM grid for priors without a table), one NFE each.  At level :math:`\sigma`,
+    with fresh :math:`\epsilon \sim N(0, I)` and :math:`D` evaluated without gradient,
 
     .. math::
         \ell(\mu) = \lambda\, w(\sigma)\, \operatorname{mean}\bigl(\operatorname{sg}[\hat\epsilon - \epsilon]
@@ -43,31 +61,38 @@ class REDDiff(Method):
         \qquad \hat\epsilon = \frac{\mu + \sigma\epsilon - D(\mu + \sigma\epsilon, \sigma)}{\sigma}.
 
     In VE form :math:`\sigma(\hat\epsilon - \epsilon) = \mu - D(\mu + \sigma\epsilon, \sigma)`,
-    so with the paper's default weighting :math:`w = \sigma = 1/\sqrt{\mathrm{SNR}}`
-    (``"linear"``) the prior gradient is the RED residual :math:`\lambda(\mu - D)`.
-    Means are taken per row and the row losses summed, so every sample is an
-    independent optimisation.  The gradient is formed directly,
-    :math:`\nabla\ell = \lambda w(\sigma)(\hat\epsilon - \epsilon)/n + v J_A^T (A(\mu) - y)/m`
-    (``n``, ``m`` = entries per row of :math:`\mu` and :math:`y`); only :math:`A` is
-    differentiated, never the network.
+    so with the default weighting :math:`w = \sigma = 1/\sqrt{\mathrm{SNR}}` (``"linear"``)
+    the prior gradient is the RED residual :math:`\lambda(\mu - D)`.  Means are taken per
+    row and the row losses summed, so every sample is an independent optimisation (the
+    official means run over the batch too, which Adam's scale invariance makes almost
+    immaterial).  The gradient is formed directly,
+    :math:`\nabla\ell = \lambda w(\sigma)(\hat\epsilon - \epsilon)/n + v J_A^T (A(\mu) - y)/m`;
+    only :math:`A` is differentiated, never the network.
 
-    Initialisation ``init``: ``"pinv"`` (:math:`A^+ y`, the paper's), ``"tikhonov"``
-    (:math:`\arg\min_x \|y - A x\|^2 + \sigma_y^2 \|x\|^2`, the operator's ``prox`` at
-    ``x0 = 0``: the posterior mean under a standard normal prior), ``"adjoint"``
-    (:math:`A^T y`), ``"zeros"``; ``"auto"`` takes the first the operator offers of
-    ``tikhonov`` (noisy measurements only), ``pinv``, ``adjoint``.  With noise,
-    :math:`A^+ y` amplifies it by the inverse of the smallest kept singular value: on a
-    61x61 Gaussian blur with noise 0.05 it starts the optimisation near +-200, which
-    100 Adam steps do not undo (the paper's code thresholds such spectra at 3e-2);
-    the Tikhonov start amplifies noise at most ``1 / (2 sigma_y)`` times and equals
-    :math:`A^+ y` where the singular values are large.
+    **Returned estimate.** The official loop returns ``x0_pred``, the iterate *before*
+    its last Adam step (``sigma_x0 = 0``): here too.  The last level's network call and
+    Adam step cannot change it and are skipped (``steps - 1`` NFE); the callback still
+    reports that level, with ``denoised`` the returned estimate.
 
-    **Noise scale.** ``noise_sigma`` does not enter the update: as in the paper's
-    code the observation weight ``obs_weight`` (:math:`v`) stands in for
-    :math:`1/\sigma_y^2`, so the method is MAP-like and its samples vary only
-    through the optimisation noise.  Defaults (released code and README):
-    ``lam = 0.25``, ``obs_weight = 1``, Adam ``lr = 0.1``, betas (0.9, 0.99),
-    ``weighting = "linear"``, 1000 steps.
+    **Start** ``init``: ``"pinv"`` (:math:`A^+ y`, the official ``H.H_pinv(y_0)``),
+    ``"tikhonov"`` (:math:`\arg\min_x \|y - A x\|^2 + \sigma_y^2 \|x\|^2`, the operator's
+    ``prox`` at ``x0 = 0``), ``"adjoint"`` (:math:`A^T y`), ``"zeros"``; ``"auto"`` (default)
+    takes ``pinv``, or ``adjoint``, or zeros, whichever the operator offers first.  With
+    noise, :math:`A^+ y` amplifies it by the inverse of the smallest kept singular value
+    (the official Gaussian-blur operator zeroes 1-D singular values below 3e-2;
+    ``operators`` use their own ``rcond``); the Tikhonov start amplifies it at most
+    ``1 / (2 sigma_y)`` times (README: measured on ``natural-64``).
+
+    **Noise scale.** ``noise_sigma`` does not enter the update: as in the official code
+    the observation weight ``obs_weight`` (:math:`v`) stands in for :math:`1/\sigma_y^2`,
+    so the method is MAP-like and its samples vary only through the optimisation noise.
+
+    **Defaults**: ``weighting = "linear"``, ``obs_weight = 1``, Adam betas (0.9, 0.99), 1000
+    steps (``sample_batch.sh``); ``lam`` / ``lr`` from ``operator.kind`` when left ``None``:
+    SR and inpainting 1.0 / 0.1 (``sample_batch.sh``), blur, phase retrieval and HDR
+    0.25 / 0.5 (``sample_test.sh``), others 0.25 / 0.1 (``_configs/algo/reddiff.yaml``).
+    Not implemented: ``sigma_x0`` (0 in every official setting but one commented line)
+    and the ``cond_awd`` / ``awd`` variants (the defaults use the network's epsilon).
     """
 
     name = "reddiff"
@@ -75,9 +100,9 @@ class REDDiff(Method):
     default_steps = 1000
     summary = "RED-Diff: Adam on a point estimate with denoiser (score-matching) regularisation"
 
-    lam: float = 0.25
+    lam: float | None = None
     obs_weight: float = 1.0
-    lr: float = 0.1
+    lr: float | None = None
     beta1: float = 0.9
     beta2: float = 0.99
     weighting: str = "linear"
@@ -88,17 +113,19 @@ class REDDiff(Method):
             raise ValueError(f"weighting must be one of {sorted(REDDIFF_WEIGHTINGS)}, got {self.weighting!r}")
         if self.init not in REDDIFF_INITS:
             raise ValueError(f"init must be one of {REDDIFF_INITS}, got {self.init!r}")
-        if self.lr <= 0 or self.lam < 0 or self.obs_weight < 0:
+        lam, lr = REDDIFF_SETTINGS.get(getattr(problem.operator, "kind", "generic"), REDDIFF_DEFAULT_SETTINGS)
+        lam = lam if self.lam is None else self.lam
+        lr = lr if self.lr is None else self.lr
+        if lr <= 0 or lam < 0 or self.obs_weight < 0:
             raise ValueError("need lr > 0, lam >= 0 and obs_weight >= 0")
-        return self
+        return dataclasses.replace(self, lam=lam, lr=lr)
 
     def initial_estimate(self, problem: Problem) -> Tensor:
-        """The Tikhonov solution, ``A^+ y``, ``A^T y`` or zeros, as ``init`` asks and the operator allows."""
+        """``A^+ y``, the Tikhonov solution, ``A^T y`` or zeros, as ``init`` asks and the operator allows."""
         caps = getattr(problem.operator, "capabilities", frozenset())
         init = self.init
         if init == "auto":
-            preferred = ("tikhonov", "pinv", "adjoint") if problem.noise_sigma > 0 else ("pinv", "adjoint")
-            init = next((name for name in preferred if INIT_NEEDS[name] in caps), "zeros")
+            init = next((name for name in ("pinv", "adjoint") if INIT_NEEDS[name] in caps), "zeros")
         if init != "zeros" and INIT_NEEDS[init] not in caps:
             raise ValueError(f"init={init!r} needs an operator with {INIT_NEEDS[init]}(); use init='zeros' or 'auto'")
         with torch.no_grad():
@@ -112,12 +139,13 @@ class REDDiff(Method):
         return torch.zeros(problem.x_shape, device=problem.y.device, dtype=problem.y.dtype)
 
     def run(self, problem: Problem) -> Tensor:
-        sigmas = problem.sigmas()[:-1]
+        sigmas = problem.timestep_sigmas(strided_timesteps)[:-1]
         weight = REDDIFF_WEIGHTINGS[self.weighting]
         mu = self.initial_estimate(problem).clone().requires_grad_(True)
         optimizer = torch.optim.Adam([mu], lr=self.lr, betas=(self.beta1, self.beta2))
         n, m = mu[0].numel(), problem.y[0].numel()
-        for i in problem.iterate(range(len(sigmas)), self.name):
+        last = len(sigmas) - 1
+        for i in problem.iterate(range(last), self.name):
             sigma = sigmas[i]
             with torch.no_grad():
                 estimate = mu.detach()
@@ -128,4 +156,6 @@ class REDDiff(Method):
                 mu.grad = prior_grad + data_grad
             optimizer.step()
             problem.report(i, sigma, mu.detach(), x0)
-        return mu.detach()
+        estimate = mu.detach()
+        problem.report(last, sigmas[last], estimate, estimate)
+        return estimate

@@ -9,9 +9,14 @@ import torch
 from torch import Tensor
 
 from invsolve.samplers.base import Method, Problem, register
-from invsolve.samplers.dps import dps_step
-from invsolve.samplers.latent import latent_problem, minimize_rows, row_mse
-from invsolve.samplers.updates import ddim_step
+from invsolve.samplers.latent import (
+    latent_problem,
+    ldm_ddim_levels,
+    minimize_rows,
+    network_epsilon,
+    row_mse,
+    vp_scale,
+)
 
 
 def resampling_fusion(
@@ -22,7 +27,8 @@ def resampling_fusion(
     ``z_t ~ N(z0_y, s^2 I)`` (the measurement-consistent estimate re-noised) is fused with the
     unconditional proposal ``z'`` read as ``N(z_t, tau^2 I)``, where ``tau^2`` is ``gamma``
     times the DDPM posterior variance of the step ``sigma -> s``,
-    ``tau^2 = gamma s^2 (sigma^2 - s^2) / sigma^2`` (VE form of Song et al. 2024, eq. 9):
+    ``tau^2 = gamma s^2 (sigma^2 - s^2) / sigma^2`` (VE form of ``stochastic_resample`` with
+    ``sigma = 40 (1 - a_prev) / (1 - a_t) (1 - a_t / a_prev)``):
     mean ``(tau^2 z0_y + s^2 z') / (tau^2 + s^2)``, variance ``tau^2 s^2 / (tau^2 + s^2)``.
     """
     tau2 = gamma * sigma_next**2 * max(0.0, 1 - sigma_next**2 / sigma**2)
@@ -33,36 +39,53 @@ def resampling_fusion(
     return mean, math.sqrt(tau2 * s2 / (tau2 + s2))
 
 
+def pseudo_x0(z: Tensor, eps: Tensor, sigma: float) -> Tensor:
+    """ReSample's ``pseudo_x0 = (x - (1 - abar) eps) / sqrt(abar)`` (``p_sample_ddim``) in VE form,
+    ``z - sigma^2 / sqrt(1 + sigma^2) eps``: not Tweedie's ``z - sigma eps`` (the code squares
+    ``sqrt_one_minus_at``)."""
+    return z - sigma**2 * vp_scale(sigma) * eps
+
+
 @register
 @dataclass
 class ReSample(Method):
     r"""ReSample (Song, Kwon, Zhang, Hu, Qu & Shen, "Solving Inverse Problems with Latent
-    Diffusion Models via Hard Data Consistency", ICLR 2024).
+    Diffusion Models via Hard Data Consistency", ICLR 2024), as soominkwon/resample runs it
+    (``sample_condition.py``: 500 DDIM steps, eta 0; ``ldm/models/diffusion/ddim.py``:
+    ``resample_sampling``; ``ldm_inverse/condition_methods.py``).
 
-    Every step ``sigma_i -> sigma_{i+1}``: ``z0 = D(z_i, sigma_i)``, the unconditional DDIM
-    step ``z'`` (``eta``) and a latent DPS correction
-    ``z' -= dps_step_size * abar_i * sqrt((1+sigma_i^2)(1+sigma_{i+1}^2)) grad ||y - A G(z0)||``
-    (the reference code's VP step ``zeta * abar_t``, ``abar = 1/(1+sigma^2)``, in VE form).
-    Every ``interval`` steps once a fraction ``pixel_start`` of the run is done (and while
-    ``lookahead_steps`` steps remain), hard data consistency:
+    Grid: CompVis' DDIM timesteps ``range(0, T, T // steps) + 1`` of the latent prior's
+    table, the last step reaching timestep 0 (:func:`~invsolve.samplers.latent.ldm_ddim_levels`).
+    Step ``i`` (``sigma -> sigma'``, ``eps`` the network's output, ``abar = 1 / (1 + sigma^2)``):
 
-    1. ``lookahead_steps`` further unconditional DDIM steps (eta = 0) from ``z'``; the last
-       denoiser output is a cleaner ``z0`` (each step is an NFE, counted);
-    2. until ``latent_start``: pixel-space ``x = argmin ||y - A x||^2`` from ``G(z0)`` (AdamW,
-       ``pixel_lr``, at most ``pixel_max_iters``, stop at MSE < ``pixel_tolerance``), then
-       ``z0_y = E(x)``; afterwards latent-space ``z0_y = argmin ||y - A G(z)||^2`` from ``z0``
-       (``latent_lr``, ``latent_max_iters``, ``latent_tolerance``, stop when the loss exceeds
-       that of ``latent_patience`` iterations earlier);
-    3. stochastic resampling to ``sigma_{i+1}`` (:func:`resampling_fusion`, weight ``gamma``).
+    1. DDIM (eta 0) ``z' = (z - sigma eps) + sigma' eps`` and a DPS correction through the
+       decoder ``G``, ``z' -= 0.5 abar sqrt((1+sigma^2)(1+sigma'^2)) grad_z ||y - A G(p)||``
+       (``scale = a_t * .5``), evaluated at ReSample's pseudo-x0
+       ``p = z - sigma^2 / sqrt(1 + sigma^2) eps`` (:func:`pseudo_x0`);
+    2. hard data consistency when ``index = steps - 1 - i`` satisfies
+       ``0 < index <= steps - steps // 3`` and ``index % interval == 0``:
 
-    Defaults are the paper's and its reference code's: 500 DDIM steps with eta = 0, every
-    10 steps after the first third, pixel stage in the middle third and latent stage in the
-    last, 5 look-ahead steps, gamma = 40, AdamW (weight decay 0.01, PyTorch's default, which
-    the reference keeps) with lr 1e-2 / 5e-3, 2000 / 500 iterations, MSE tolerance 1e-6
-    (``eps = 1e-3`` squared), patience 200, DPS step 0.3.  The paper's measurements have
-    ``sigma_y = 0.01``.  Optimisation and stopping are per sample.  Cost: 1 NFE and one
-    decoder backprop per step, plus per consistency step ``lookahead_steps`` NFE and the
-    optimiser's decoder (latent stage) or one decoder and one encoder pass (pixel stage).
+       a. ``lookahead_steps`` further DDIM steps from ``z'``, ending with a pseudo-x0 ``p``.
+          As in the code, look-ahead step ``k`` asks the network at the timestep of level
+          ``k + 1`` while computing with the alphas of level ``k`` (so the first step re-denoises
+          at the same level and the look-ahead covers one level fewer than it has steps);
+       b. ``index >= steps // 3``: pixel space, ``x = argmin ||y - A x||^2`` from ``G(p)``
+          (AdamW lr 1e-2, <= 2000 iterations, stop at MSE < 1e-6), ``z0_y = E(x)``; later:
+          latent space, ``z0_y = argmin ||y - A G(z)||^2`` from ``p`` (AdamW lr 5e-3, <= 500
+          iterations, stop at MSE < 1e-6 or when the loss exceeds that of 200 iterations
+          earlier);
+       c. stochastic resampling to ``sigma'`` (:func:`resampling_fusion`, ``gamma = 40``).
+
+    After the last step (state at timestep 0) a final latent optimisation from the VP
+    state, decoded.  AdamW keeps PyTorch's weight decay 0.01 as the code does.
+    Optimisation, norms and stopping are per sample (the code's batch is one image).
+
+    Start: the code's VP ``N(0, I)``, i.e. ``sqrt(1 + sigma_T^2) z`` in VE.  Still different
+    from the code: ``steps`` must not exceed the table's length; when ``T // steps = 1`` the alphas are
+    read one timestep lower (PSLD's fix; ReSample's code would index past the table).
+    Cost: 1 NFE, one decoder pass and one backprop through decoder and network per step,
+    plus per consistency step ``lookahead_steps`` NFE and the optimiser's decoder (latent
+    stage) or one decoder and one encoder pass (pixel stage).
     """
 
     name = "resample"
@@ -70,13 +93,11 @@ class ReSample(Method):
     default_steps = 500
     summary = "ReSample: latent DPS plus hard data consistency and stochastic resampling"
 
-    eta: float = 0.0
-    dps_step_size: float = 0.3
+    dps_step_size: float = 0.5
     interval: int = 10
     lookahead_steps: int = 5
+    splits: int = 3
     gamma: float = 40.0
-    pixel_start: float = 1 / 3
-    latent_start: float = 2 / 3
     pixel_lr: float = 1e-2
     pixel_max_iters: int = 2000
     pixel_tolerance: float = 1e-6
@@ -87,20 +108,36 @@ class ReSample(Method):
     weight_decay: float = 0.01
 
     def __post_init__(self) -> None:
-        if self.interval < 1 or self.lookahead_steps < 1:
-            raise ValueError("interval and lookahead_steps must be >= 1")
-        if not 0 <= self.pixel_start <= self.latent_start <= 1:
-            raise ValueError("need 0 <= pixel_start <= latent_start <= 1 (fractions of the run)")
+        if self.interval < 1 or self.lookahead_steps < 1 or self.splits < 1:
+            raise ValueError("interval, lookahead_steps and splits must be >= 1")
         if self.gamma < 0:
             raise ValueError(f"gamma must be >= 0, got {self.gamma}")
 
-    def _lookahead_z0(self, latent: Problem, z: Tensor, sigmas: list[float], start: int) -> Tensor:
-        """Denoised estimate after ``lookahead_steps - 1`` unconditional DDIM steps from level ``start``."""
-        for k in range(start, start + self.lookahead_steps):
-            z0 = latent.denoise(z, sigmas[k])
-            if k + 1 < start + self.lookahead_steps:
-                z = ddim_step(z0, (z - z0) / sigmas[k], sigmas[k], sigmas[k + 1], 0.0, None)
-        return z0
+    def _guided_step(
+        self, problem: Problem, latent: Problem, z: Tensor, levels: tuple[float, float, float]
+    ) -> tuple[Tensor, Tensor]:
+        """DDIM step plus the DPS correction at ReSample's pseudo-x0; returns ``z'`` and ``D``."""
+        sigma, sigma_next, sigma_net = levels
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            eps = network_epsilon(latent, z, sigma, sigma_net)
+            decoded = problem.prior.decode(pseudo_x0(z, eps, sigma))
+            norms = (problem.y - problem.operator(decoded)).flatten(1).norm(dim=1)
+            (grad,) = torch.autograd.grad(norms.sum(), z)
+        eps = eps.detach()
+        denoised = z.detach() - sigma * eps
+        scale = self.dps_step_size * vp_scale(sigma) / vp_scale(sigma_next)
+        return denoised + sigma_next * eps - scale * grad, denoised
+
+    def _lookahead(self, latent: Problem, z: Tensor, i: int, levels: list[float], net: list[float]) -> Tensor:
+        """ReSample's look-ahead from ``z`` (at ``levels[i + 1]``): its last pseudo-x0."""
+        steps = len(net)
+        z = z * (vp_scale(levels[i + 1]) / vp_scale(levels[i]))  # the code's alphas of level i
+        for k in range(i, min(i + self.lookahead_steps, steps - 1)):
+            eps = network_epsilon(latent, z, levels[k], net[k + 1])
+            estimate = pseudo_x0(z, eps, levels[k])
+            z = z - levels[k] * eps + levels[k + 1] * eps
+        return estimate
 
     def _consistent_z0(self, problem: Problem, z0: Tensor, pixel_stage: bool) -> Tensor:
         prior, operator, y = problem.prior, problem.operator, problem.y
@@ -114,6 +151,10 @@ class ReSample(Method):
                 self.weight_decay,
             )
             return prior.encode(x)
+        return self._latent_optimization(problem, z0)
+
+    def _latent_optimization(self, problem: Problem, z0: Tensor) -> Tensor:
+        prior, operator, y = problem.prior, problem.operator, problem.y
         return minimize_rows(
             lambda z: row_mse(y - operator(prior.decode(z))),
             z0,
@@ -126,24 +167,22 @@ class ReSample(Method):
 
     def run(self, problem: Problem) -> Tensor:
         latent = latent_problem(problem)
-        sigmas = latent.sigmas()
-        n = len(sigmas) - 1
-        z = sigmas[0] * latent.randn()
-        for i in latent.iterate(range(n), self.name):
-            sigma, sigma_next = sigmas[i], sigmas[i + 1]
-            z_next, z0 = dps_step(latent, z, sigma, sigma_next, self.dps_step_size / (1 + sigma**2), self.eta)
+        levels, net = ldm_ddim_levels(latent)
+        steps = len(net)
+        split = steps // self.splits
+        z = latent.randn() / vp_scale(levels[0])
+        for i in latent.iterate(range(steps), self.name):
+            sigma, sigma_next = levels[i], levels[i + 1]
+            z_next, denoised = self._guided_step(problem, latent, z, (sigma, sigma_next, net[i]))
+            index = steps - 1 - i
             with torch.no_grad():
-                consistency = (
-                    (i + 1) % self.interval == 0
-                    and i >= self.pixel_start * n
-                    and i + 1 + self.lookahead_steps < n
-                )
-                if consistency:
-                    clean = self._lookahead_z0(latent, z_next, sigmas, i + 1)
-                    z0_y = self._consistent_z0(problem, clean, pixel_stage=i < self.latent_start * n)
+                if 0 < index <= steps - split and index % self.interval == 0:
+                    estimate = self._lookahead(latent, z_next, i, levels, net)
+                    z0_y = self._consistent_z0(problem, estimate, pixel_stage=index >= split)
                     mean, std = resampling_fusion(z0_y, z_next, sigma, sigma_next, self.gamma)
                     z_next = mean + std * latent.randn()
             z = z_next
-            latent.report(i, sigma, z, z0)
+            latent.report(i, sigma, z, denoised)
         with torch.no_grad():
-            return problem.prior.decode(z)
+            final = self._latent_optimization(problem, z * vp_scale(levels[-1]))
+            return problem.prior.decode(final)
