@@ -9,6 +9,8 @@ import sys
 from invsolve.benchmarks.posterior import BenchmarkConfig, run_posterior_benchmark
 from invsolve.benchmarks.report import markdown_table, write_report
 from invsolve.commands._arguments import parse_key_values
+from invsolve.commands._benchmark_matrix import add_parser as add_matrix_parser
+from invsolve.commands._benchmark_speed import add_parser as add_speed_parser
 
 DEFAULT_OUT = "benchmark-posterior"
 
@@ -16,8 +18,8 @@ DEFAULT_OUT = "benchmark-posterior"
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "benchmark",
-        help="benchmarks with known answers (posterior: exact Gaussian-mixture posteriors)",
-        description="Benchmarks whose answers are known exactly.",
+        help="benchmarks: exact posteriors (posterior), methods x tasks (matrix), speed and memory (speed)",
+        description="Benchmarks: exact Gaussian-mixture posteriors, the methods x tasks matrix, speed and memory.",
     )
     kinds = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     posterior = kinds.add_parser(
@@ -40,12 +42,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     posterior.add_argument("--directions", type=int, default=None, help="random directions of the SW distance (default 500)")
     posterior.add_argument("--steps", action="append", default=[], metavar="METHOD=N",
                            help="steps of one method instead of its paper value, repeatable")
+    posterior.add_argument("--particles", type=_int_list, default=None,
+                           help="particle counts, comma-separated: run particle methods once per count (a sweep)")
     posterior.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
                            help=f"folder for posterior.md and posterior.json (default ./{DEFAULT_OUT})")
     posterior.add_argument("--quick", action="store_true",
                            help="smoke test: d=8, d_y=4, one seed, 200 samples, 20 steps per method")
     posterior.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     posterior.set_defaults(func=run)
+    add_matrix_parser(kinds)
+    add_speed_parser(kinds)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,7 +69,7 @@ def build_config(args: argparse.Namespace) -> BenchmarkConfig:
     config = BenchmarkConfig.quick(args.methods) if args.quick else BenchmarkConfig(methods=args.methods)
     overrides = {
         "dims": args.dims, "measurement_dims": args.dys, "seeds": args.seeds,
-        "samples": args.samples, "directions": args.directions,
+        "samples": args.samples, "directions": args.directions, "particles": args.particles,
     }
     config = dataclasses.replace(config, **{key: value for key, value in overrides.items() if value is not None})
     steps = parse_key_values(args.steps, "--steps")
