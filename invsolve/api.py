@@ -189,6 +189,8 @@ def solve(
     seconds = time.perf_counter() - start
     rows = y.shape[0]
     tiling = {"tiling": prior.options()} if isinstance(prior, Tiled) else {}
+    diagnostics = dict(problem.diagnostics)
+    row_evidence = diagnostics.pop("log_evidence", None)  # per row; rows of one measurement agree
     return Result(
         samples=x.reshape(num_samples, *shape),
         nfe=counted.items / rows,
@@ -198,6 +200,8 @@ def solve(
         seconds=seconds,
         method=cls.name,
         diverged=diverged,
+        log_evidence=None if row_evidence is None else row_evidence.reshape(num_samples, -1)[0],
+        diagnostics=diagnostics,
         options={
             **algorithm.options(),
             "steps": steps,

@@ -20,7 +20,10 @@ class Result:
     encoder per solved sample (0 for pixel priors); ``seconds`` is wall time;
     ``options`` holds every resolved hyperparameter, the seed included.
     ``diverged`` is ``True`` when the samples became non-finite and ``solve(...,
-    on_nan="warn")`` returned the last finite state instead.
+    on_nan="warn")`` returned the last finite state instead.  ``log_evidence`` is the
+    SMC estimate of ``log p(y)`` per measurement, shape ``(B,)``, from the methods that
+    have one (``mcgdiff``, ``tds``; ``None`` otherwise); ``diagnostics`` holds what a
+    method reports besides its samples (e.g. the ESS trace of a particle method).
     """
 
     samples: Tensor
@@ -32,6 +35,8 @@ class Result:
     decoder_calls: float = 0.0
     encoder_calls: float = 0.0
     diverged: bool = False
+    log_evidence: Tensor | None = None
+    diagnostics: dict[str, Any] = field(default_factory=dict)
 
     @property
     def image(self) -> Tensor:

@@ -8,8 +8,10 @@ import math
 import pytest
 import torch
 
-from invsolve.benchmarks import BenchmarkConfig, make_gmm_problem, sliced_wasserstein
-from invsolve.benchmarks.gmm_problem import grid_means
+from invsolve.benchmarks import BenchmarkConfig, make_gmm_problem, run_posterior_benchmark, sliced_wasserstein
+from invsolve.benchmarks.gmm_problem import grid_means, start_sigma
+from invsolve.benchmarks.posterior import PRIOR_VARIANCE, prior_variance, resolve_options
+from invsolve.benchmarks.report import markdown_table
 from invsolve.cli import main
 from invsolve.samplers import registered
 from priors import GaussianMixturePrior
@@ -78,7 +80,7 @@ def test_cli_quick_run_writes_table_and_json(tmp_path, capsys):
                    "--methods", "diffpir,ddrm,latent_dps"])
     assert status == 0
     table = (out / "posterior.md").read_text()
-    assert "| diffpir | 20 | 20 |" in table and "| ddrm | 20 | 20 |" in table
+    assert "| diffpir | 20 |" in table and "| ddrm | 20 | 20 |" in table
     assert "latent_dps: n/a (needs latent)" in table
     assert "exact posterior (noise floor)" in table and table in capsys.readouterr().out
     data = json.loads((out / "posterior.json").read_text())
@@ -99,3 +101,33 @@ def test_cli_reports_bad_arguments(tmp_path, capsys, argv, message):
     assert status == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "posterior.md").exists()
+
+
+def test_prior_variance_is_the_mixture_variance():
+    # 0.5 N(-2, 1) + 0.5 N(2, 1) in every coordinate: variance 1 + 4 (law of total variance).
+    prior = GaussianMixturePrior(torch.tensor([1.0, 1.0]), torch.tensor([[-2.0, 2.0], [2.0, -2.0]]), 1.0)
+    assert prior_variance(prior) == pytest.approx(5.0)
+    problem = make_gmm_problem(8, 2, 0)
+    samples = problem.prior.sample(200_000, generator=torch.Generator().manual_seed(0))
+    assert prior_variance(problem.prior) == pytest.approx(float(samples.var(0).mean()), rel=0.02)
+    assert resolve_options({"tau2": PRIOR_VARIANCE, "particles": 8}, problem)["tau2"] == prior_variance(problem.prior)
+
+
+def test_start_sigma_covers_the_farthest_mean():
+    # |mu|_max = 16 sqrt(d) (the means (+-16, +-16, ...)).
+    assert start_sigma(8) == pytest.approx(2 * 16 * math.sqrt(8))
+    assert start_sigma(80) == pytest.approx(2 * 16 * math.sqrt(80))
+    assert start_sigma(2) == 80.0
+    assert make_gmm_problem(80, 1, 0, sigma_max=start_sigma(80)).prior.sigma_max == start_sigma(80)
+
+
+def test_particle_sweep_runs_particle_methods_once_per_count():
+    config = BenchmarkConfig.quick(("mcgdiff", "ddrm"))
+    config.particles = (4, 8)
+    config.samples, config.steps = 50, {"mcgdiff": 5, "ddrm": 5}
+    report = run_posterior_benchmark(config)
+    assert report.methods() == ["ddrm", "mcgdiff P=4", "mcgdiff P=8"]
+    small, large = (run.nfe for run in report.runs if run.method == "mcgdiff")
+    assert large == 2 * small and small % 4 == 0  # P NFE per level: the cost counts every particle
+    table = markdown_table(report)
+    assert f"| mcgdiff P=4 | 5 | {small:.0f} |" in table and "mcgdiff options: batch_size=None" in table

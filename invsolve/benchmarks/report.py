@@ -22,7 +22,8 @@ def markdown_table(report: BenchmarkReport) -> str:
     lines = [
         f"Sliced Wasserstein-1 to {config.samples} exact posterior samples ({config.directions} directions), "
         f"mean ± std over seeds {', '.join(map(str, config.seeds))}; NFE and seconds per solve of "
-        f"{config.samples} samples (batched).",
+        f"{config.samples} samples (batched); mixture prior with sigma_max = "
+        f"{'max(80, 2 max_k |mu_k|)' if config.sigma_max is None else format(config.sigma_max, 'g')}.",
         "",
     ]
     for d in config.dims:
@@ -40,6 +41,11 @@ def markdown_table(report: BenchmarkReport) -> str:
             cells = [_cell(report.sw_stats(method, d, d_y)) for d_y in dys]
             lines.append(f"| {method} {head} " + " | ".join(cells) + " |")
         lines.append("")
+    names = {label.split(" P=")[0] for label in report.methods()}
+    for method in sorted(names & set(config.options)):
+        if config.options[method]:
+            settings = ", ".join(f"{key}={value}" for key, value in config.options[method].items())
+            lines.append(f"- {method} options: {settings}")
     for method, reason in sorted(report.unavailable.items()):
         lines.append(f"- {method}: n/a ({reason})")
     for method, error in sorted(report.errors().items()):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable
 
 import torch
@@ -51,6 +51,9 @@ class Problem:
     progress: bool = False
     method: str = ""
     last_finite: Tensor | None = None
+    #: what a method reports besides its samples (``log_evidence`` per row, ESS trace, ...);
+    #: :func:`invsolve.solve` copies it into ``Result.diagnostics``.
+    diagnostics: dict[str, Any] = field(default_factory=dict)
 
     def randn(self, shape: tuple[int, ...] | None = None) -> Tensor:
         """Standard normal noise from the problem's generator (default shape: ``x_shape``)."""
