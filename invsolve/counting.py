@@ -24,6 +24,10 @@ class CountingPrior:
         self.items += x.shape[0]
         return self.prior.denoise(x, sigma)
 
+    def denoise_with_variance(self, x: Tensor, sigma: Tensor, sigma_next: Tensor) -> tuple[Tensor, Tensor]:
+        self.items += x.shape[0]
+        return self.prior.denoise_with_variance(x, sigma, sigma_next)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.prior, name)
 

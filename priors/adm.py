@@ -57,8 +57,7 @@ def linear_alphas_cumprod(steps: int = 1000) -> Tensor:
 class ADMPrior(VPDenoiser):
     r"""An ADM UNet (Dhariwal & Nichol 2021) with its DDPM schedule as a VE denoiser.
 
-    The network predicts ``eps`` (its extra learned-variance channels are dropped)
-    at DDPM time ``t`` of the linear 1000-step schedule; with
+    The network predicts ``eps`` at DDPM time ``t`` of the linear 1000-step schedule; with
     ``sigma_t = sqrt((1 - abar_t) / abar_t)``, ``x_vp = x / sqrt(1 + sigma^2)`` and
     ``t`` interpolated in ``log sigma`` over the exact table,
     ``D(x, sigma) = x - sigma * eps(x_vp, t)`` (see :class:`~priors.vp.VPDenoiser`).
@@ -66,6 +65,12 @@ class ADMPrior(VPDenoiser):
     Images lie in ``data_range = (-1, 1)``; the checkpoint has no scheduler of its own,
     so clamping is each method's choice (DPS, MCG and DiffPIR clamp, as guided-diffusion's
     ``clip_denoised=True`` in their official code).
+
+    Checkpoints trained with ``learn_sigma`` (both published ones) have three more output
+    channels, guided-diffusion's learned-range variance ``v``.  ``denoise`` ignores them;
+    the prior declares ``learned_variance = True`` and :meth:`denoise_with_variance` returns
+    the ancestral-step variance they predict (:func:`priors.vp.learned_range_variance`),
+    which DPS and MCG sample with, as their official ``p_sample`` does.
     """
 
     def __init__(self, unet: ADMUNet, alphas_cumprod: Tensor | None = None):
@@ -78,6 +83,7 @@ class ADMPrior(VPDenoiser):
             data_shape=(config.in_channels, config.image_size, config.image_size),
             downsampling=config.downsampling,
             data_range=(-1.0, 1.0),
+            learned_variance=config.learn_sigma,
         )
 
 

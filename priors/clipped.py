@@ -63,3 +63,12 @@ class ClippedPrior(PriorWrapper):
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         return self.prior.denoise(x, sigma).clamp(self.low, self.high)
+
+    @property
+    def learned_variance(self) -> bool:
+        return bool(getattr(self.prior, "learned_variance", False))
+
+    def denoise_with_variance(self, x: Tensor, sigma: Tensor, sigma_next: Tensor) -> tuple[Tensor, Tensor]:
+        """The inner prior's clamped ``D`` and its learned step variance (see :class:`priors.vp.VPDenoiser`)."""
+        denoised, variance = self.prior.denoise_with_variance(x, sigma, sigma_next)
+        return denoised.clamp(self.low, self.high), variance

@@ -13,6 +13,33 @@ from priors.base import Prior, expand_sigma
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
+def learned_range_variance(fraction: Tensor, sigma: Tensor, sigma_next: Tensor) -> Tensor:
+    r"""VE variance of the ancestral step ``sigma -> sigma_next`` under a learned-range network.
+
+    Nichol & Dhariwal ("Improved DDPM", ICML 2021, eq. 15; guided-diffusion
+    ``p_mean_variance`` with ``LEARNED_RANGE``) interpolate the log variance of the
+    step ``t -> s`` between the posterior variance ``beta~`` and ``beta``,
+    ``log var = f log beta + (1 - f) log beta~``, with ``f = (v + 1) / 2`` from the
+    network's variance channels ``v``.  For the (respaced) step from ``abar_t`` to
+    ``abar_s``, ``beta = 1 - abar_t / abar_s`` and ``beta~ = beta (1 - abar_s) / (1 - abar_t)``;
+    a VP state at level ``s`` is ``sqrt(abar_s)`` times the VE one, so the VE variance is
+    ``var / abar_s``.  With ``abar = 1 / (1 + sigma^2)``:
+
+    .. math::
+        \beta / \bar\alpha_s = \frac{(\sigma^2 - \sigma'^2)(1 + \sigma'^2)}{1 + \sigma^2}, \qquad
+        \tilde\beta / \bar\alpha_s = \sigma'^2 (1 - \sigma'^2 / \sigma^2),
+
+    the second being the fixed-small (DDIM ``eta = 1``) variance.  At ``sigma_next = 0``
+    the step adds no noise (guided-diffusion's ``t == 0``) and the variance is 0.
+    ``sigma`` and ``sigma_next`` broadcast against ``fraction``.
+    """
+    large = (sigma**2 - sigma_next**2) * (1 + sigma_next**2) / (1 + sigma**2)
+    small = sigma_next**2 * (1 - sigma_next**2 / sigma**2)
+    tiny = torch.finfo(fraction.dtype).tiny
+    log_variance = fraction * large.clamp_min(tiny).log() + (1 - fraction) * small.clamp_min(tiny).log()
+    return torch.where(sigma_next > 0, log_variance.exp(), torch.zeros_like(log_variance))
+
+
 class VPDenoiser(Prior):
     r"""Any DDPM / VP network ``net(x_vp, t)`` as a VE denoiser ``D(x, sigma)``.
 
@@ -35,9 +62,14 @@ class VPDenoiser(Prior):
       with ``abar = 1 / (1 + sigma^2)``;
     * ``sample``: ``D`` is the output.
 
-    Only the first ``channels`` output channels are used, so learned-variance
+    ``denoise`` uses only the first ``channels`` output channels, so learned-variance
     networks (``2 * channels`` outputs, Nichol & Dhariwal 2021) drop their variance
-    channels.  With ``data_shape = None`` the network is taken as fully
+    channels there.  Such a network declared with ``learned_variance=True`` also offers
+    :meth:`denoise_with_variance`, the posterior mean together with the variance of the
+    ancestral step that its variance channels predict (learned range,
+    :func:`learned_range_variance`), from the same network call; samplers whose official
+    code samples with that variance (DPS, MCG) use it when ``learned_variance`` is set and
+    keep the fixed-small variance otherwise.  With ``data_shape = None`` the network is taken as fully
     convolutional: inputs of any height and width are reflect-padded to a multiple
     of ``downsampling`` and cropped back; otherwise inputs must have ``data_shape``.
     Outside ``[sigma_min, sigma_max]`` the timestep is clamped to the table's end
@@ -64,6 +96,7 @@ class VPDenoiser(Prior):
         integer_timesteps: bool = False,
         data_range: tuple[float, float] | None = None,
         clip_sample: bool = False,
+        learned_variance: bool = False,
     ):
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(
@@ -93,6 +126,7 @@ class VPDenoiser(Prior):
             raise ValueError("clip_sample needs a data_range to clamp to")
         self.data_range = None if data_range is None else (float(data_range[0]), float(data_range[1]))
         self.clip_sample = bool(clip_sample)
+        self.learned_variance = bool(learned_variance)
 
     @property
     def device(self) -> torch.device:
@@ -134,8 +168,9 @@ class VPDenoiser(Prior):
         """The raw network output for padded ``inputs`` at ``timestep`` (on the network's device)."""
         return self.unet(inputs, timestep)
 
-    def _network(self, x_vp: Tensor, timestep: Tensor) -> Tensor:
-        """The network's prediction for ``x_vp`` of any size, in ``x_vp``'s device and dtype."""
+    def _network(self, x_vp: Tensor, timestep: Tensor, channels: int | None = None) -> Tensor:
+        """The first ``channels`` (default: the image's) output channels of the network for
+        ``x_vp`` of any size, in ``x_vp``'s device and dtype."""
         height, width = x_vp.shape[-2:]
         pad_h, pad_w = -height % self.downsampling, -width % self.downsampling
         inputs = x_vp.to(device=self.device, dtype=self.dtype)
@@ -146,19 +181,45 @@ class VPDenoiser(Prior):
         timestep = timestep.round().long() if self.integer_timesteps else timestep.float()
         out = self._call_unet(inputs, timestep.to(self.device))
         top, left = pad_h // 2, pad_w // 2
-        out = out[:, : self.channels, top : top + height, left : left + width]
+        channels = self.channels if channels is None else channels
+        if out.shape[1] < channels:
+            raise ValueError(
+                f"the network returns {out.shape[1]} channels; learned_variance needs {channels} "
+                f"(the image's {self.channels} and as many variance channels)"
+            )
+        out = out[:, :channels, top : top + height, left : left + width]
         return out.to(device=x_vp.device, dtype=x_vp.dtype)
 
-    def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
-        sigma = self._check_input(x, sigma)
-        s = expand_sigma(sigma, x)
-        x_vp = x / (1 + s**2).sqrt()
-        out = self._network(x_vp, self.sigma_to_timestep(sigma))
+    def _posterior_mean(self, x: Tensor, x_vp: Tensor, s: Tensor, out: Tensor) -> Tensor:
         if self.prediction_type == "epsilon":
             return x - s * out
         if self.prediction_type == "v_prediction":
             return (x_vp - s * out) / (1 + s**2).sqrt()
         return out
+
+    def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
+        sigma = self._check_input(x, sigma)
+        s = expand_sigma(sigma, x)
+        x_vp = x / (1 + s**2).sqrt()
+        return self._posterior_mean(x, x_vp, s, self._network(x_vp, self.sigma_to_timestep(sigma)))
+
+    def denoise_with_variance(self, x: Tensor, sigma: Tensor, sigma_next: Tensor) -> tuple[Tensor, Tensor]:
+        """``D(x, sigma)`` and the per-entry VE variance of the ancestral step to ``sigma_next``
+        (shape ``(N,)`` like ``sigma``) that the network's variance channels predict, from one call.
+
+        Needs ``learned_variance=True`` (a network with ``2 * channels`` outputs whose second
+        half is guided-diffusion's learned-range ``v`` in [-1, 1]); see :func:`learned_range_variance`.
+        """
+        if not self.learned_variance:
+            raise ValueError(
+                f"{type(self).__name__} was not declared with learned_variance=True; its network predicts no variance"
+            )
+        sigma = self._check_input(x, sigma)
+        s, s_next = expand_sigma(sigma, x), expand_sigma(torch.as_tensor(sigma_next).to(sigma).expand_as(sigma), x)
+        x_vp = x / (1 + s**2).sqrt()
+        out = self._network(x_vp, self.sigma_to_timestep(sigma), 2 * self.channels)
+        mean, v = out[:, : self.channels], out[:, self.channels :]
+        return self._posterior_mean(x, x_vp, s, mean), learned_range_variance((v + 1) / 2, s, s_next)
 
     def __repr__(self) -> str:
         shape = "any size" if self.data_shape is None else "x".join(map(str, self.data_shape))

@@ -199,6 +199,63 @@ def test_learned_variance_channels_are_dropped():
         assert (prior.denoise(x, sigma) - before).abs().max() > 1e-3
 
 
+def test_learned_range_variance_is_guided_diffusions_p_mean_variance():
+    """The VE step variance against guided-diffusion's LEARNED_RANGE rule written in VP:
+    the respaced step t -> s has beta = 1 - abar_t / abar_s, the posterior variance
+    beta~ = beta (1 - abar_s) / (1 - abar_t), log var = f log beta + (1 - f) log beta~ with
+    f = (v + 1) / 2, and a VP variance at level s is abar_s times the VE one."""
+    unet = tiny_unet(seed=3).double()
+    prior = ADMPrior(unet)
+    assert prior.learned_variance
+    abar = torch.from_numpy(linear_schedule_numpy())
+    t, s = torch.tensor([666, 999]), torch.tensor([333, 666])  # steps of space_timesteps(1000, [4])
+    sigma, sigma_next = ((1 - abar[t]) / abar[t]).sqrt(), ((1 - abar[s]) / abar[s]).sqrt()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    with torch.no_grad():
+        denoised, variance = prior.denoise_with_variance(x, sigma, sigma_next)
+        torch.testing.assert_close(denoised, prior.denoise(x, sigma), rtol=1e-12, atol=1e-12)
+        v = unet(x * abar[t].sqrt()[:, None, None, None], t.double())[:, 3:]
+    a_t, a_s = abar[t][:, None, None, None], abar[s][:, None, None, None]
+    beta = 1 - a_t / a_s
+    posterior = beta * (1 - a_s) / (1 - a_t)
+    frac = (v + 1) / 2
+    expected = torch.exp(frac * beta.log() + (1 - frac) * posterior.log()) / a_s
+    torch.testing.assert_close(variance, expected, rtol=1e-9, atol=0)
+    with torch.no_grad():
+        _, last = prior.denoise_with_variance(x, sigma, torch.zeros(2, dtype=torch.float64))
+    assert (last == 0).all()  # guided-diffusion adds no noise at t == 0
+
+
+def test_dps_samples_with_the_learned_variance_and_without_it_elsewhere():
+    from invsolve import solve
+    from invsolve.samplers import Problem
+    from invsolve.samplers.dps import DPS, dps_step
+    from operators import Inpainting
+
+    prior = ADMPrior(tiny_unet(seed=5).double())
+    op = Inpainting(torch.ones(1, 1, 16, 16, dtype=torch.bool))
+    problem = Problem(y=torch.zeros(1, 3, 16, 16, dtype=torch.float64), operator=op, prior=prior,
+                      x_shape=(1, 3, 16, 16), noise_sigma=0.0, steps=4, generator=torch.Generator().manual_seed(0))
+    assert DPS().resolved(problem).learned_variance
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    sigma, sigma_next = 2.0, 1.0
+    stepped, denoised = dps_step(problem, x, sigma, sigma_next, 0.0, learned_variance=True)
+    with torch.no_grad():
+        _, variance = prior.denoise_with_variance(x, torch.tensor([sigma], dtype=torch.float64),
+                                                  torch.tensor([sigma_next], dtype=torch.float64))
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = denoised + sigma_next**2 / sigma**2 * (x - denoised) + variance.sqrt() * z  # DDPM p_sample
+    torch.testing.assert_close(stepped, expected, rtol=1e-12, atol=1e-12)
+    fixed = Problem(y=problem.y, operator=op, prior=ADMPrior(tiny_unet(seed=5).double()), x_shape=problem.x_shape,
+                    noise_sigma=0.0, steps=4, generator=torch.Generator())
+    fixed.prior.learned_variance = False
+    assert not DPS().resolved(fixed).learned_variance
+    with pytest.raises(ValueError, match="learned_variance"):
+        DPS(learned_variance=True).resolved(fixed)
+    result = solve(problem.y.float(), op, ADMPrior(tiny_unet(seed=5)), method="dps", steps=3, seed=0, progress=False)
+    assert result.options["learned_variance"] and result.nfe == 3
+
+
 def test_denoiser_rejects_other_sizes():
     prior = ADMPrior(tiny_unet())
     with pytest.raises(ValueError, match=r"\(3, 16, 16\)"):

@@ -9,27 +9,40 @@ import torch
 from torch import Tensor
 
 from invsolve.samplers.base import Method, Problem, register
-from invsolve.samplers.updates import spectral_measurement
+from invsolve.samplers.updates import spectral_measurement, vp_start_std
+
+
+def ddnm_timesteps(num_timesteps: int, steps: int) -> list[int]:
+    """``u * (T // steps)`` for ``u = steps - 1, ..., 0``: DDNM's grid (``functions/svd_ddnm.py``:
+    ``skip = T // T_sampling``, timesteps ``i * skip``), t = 990, 980, …, 0 for 100 steps.
+
+    The same as :func:`invsolve.schedules.strided_timesteps` when ``steps`` divides ``T``;
+    otherwise it has exactly ``steps`` levels, as there.
+    """
+    if not 1 <= steps <= num_timesteps:
+        raise ValueError(f"steps must lie between 1 and the prior's {num_timesteps} training timesteps, got {steps}")
+    return [u * (num_timesteps // steps) for u in range(steps - 1, -1, -1)]
 
 
 def time_travel_order(steps: int, length: int, repeat: int) -> list[int]:
-    """Indices into a grid of ``steps + 1`` sigmas in the order they are visited.
+    """Indices into DDNM's grid of ``steps + 1`` sigmas (index ``steps`` is sigma 0), in visiting order.
 
-    Without time travel (``length = 0``) this is ``0, 1, ..., steps``.  With it, on
-    reaching an index ``j`` that is a multiple of ``length`` (before the last one) the
-    sampler jumps back to ``j - length`` and walks down again, ``repeat`` times per ``j``.
+    DDNM's time travel (the RePaint schedule, ``get_schedule_jump`` in ``functions/svd_ddnm.py``)
+    counted in sampling timesteps ``u = steps - 1 - index``: walking down from
+    ``u = steps - 1`` to ``-1``, at every ``u`` that is a multiple of ``length`` below
+    ``steps - length`` the walk climbs ``length`` levels and descends again, ``repeat - 1``
+    times.  ``length = repeat = 1`` (the official configs) visits ``0, 1, ..., steps``.
     """
-    if length < 0 or repeat < 0:
-        raise ValueError(f"travel_length and travel_repeat must be >= 0, got {length}, {repeat}")
-    order, jumps, i = [0], {}, 0
-    while i < steps:
-        i += 1
-        order.append(i)
-        if length and i % length == 0 and i < steps and jumps.get(i, 0) < repeat:
-            jumps[i] = jumps.get(i, 0) + 1
-            i -= length
-            order.append(i)
-    return order
+    if length < 1 or repeat < 1:
+        raise ValueError(f"travel_length and travel_repeat must be >= 1, got {length}, {repeat}")
+    visited: list[int] = []
+    for u in range(steps - 1, -1, -1):
+        visited.append(u)
+        if u % length == 0 and u < steps - length:
+            climb = list(range(u + 1, u + length + 1))
+            visited += (climb + climb[-2::-1] + [u]) * (repeat - 1)
+    visited.append(-1)
+    return [steps - 1 - u for u in visited]
 
 
 @register
@@ -38,36 +51,47 @@ class DDNM(Method):
     r"""Denoising diffusion null-space model (Wang, Yu & Zhang, "Zero-Shot Image
     Restoration Using Denoising Diffusion Null-Space Model", ICLR 2023).
 
-    Range-null-space decomposition: the denoised estimate ``D = D(x, sigma)`` keeps its
-    null-space part and has its range part replaced by the measurement's,
+    Official code: github.com/wyhuai/DDNM, its SVD-based path (``functions/svd_ddnm.py``:
+    ``ddnm_diffusion``, ``ddnm_plus_diffusion``; ``functions/svd_operators.py``: ``Lambda``,
+    ``Lambda_noise``; ``configs/*.yml``, ``main.py``).  Per step ``sigma -> sigma'`` with
+    ``D = D(x, sigma)`` and ``eps = (x - D) / sigma``:
 
-    .. math::
-        \hat x_0 = D - \lambda A^+ (A D - y),
+    * Noiseless (DDNM): ``x0 = D - A^+ (A D - y)``, ``x' = x0 + sigma' (eta z + sqrt(1 - eta^2) eps)``.
+    * Noisy (DDNM+, when ``noise_sigma > 0``), per spectral coordinate of
+      ``A = U diag(s) V^T`` with ``rho_i = sigma_y / s_i`` (the noise of ``ybar_i = (U^T y)_i / s_i``):
 
-    then a DDIM step with the network's noise estimate ``eps = (x - D) / sigma``:
-    ``x' = \hat x_0 + g (\sqrt{1 - \eta^2}\, eps + \eta z)``.
+      - ``sigma' > rho_i``: ``lambda_i = 1`` and ``x'_i = ybar_i + sqrt(sigma'^2 - rho_i^2) z_i``;
+      - ``sigma' < rho_i``: ``lambda_i = sqrt(1 - eta^2) sigma' / rho_i`` and
+        ``x'_i = D_i - lambda_i (D_i - ybar_i) + eta sigma' z_i``;
+      - null space (``s_i = 0``) and ``sigma' = rho_i`` exactly:
+        ``x'_i = x0_i + sigma' (eta z_i + sqrt(1 - eta^2) eps_i)``,
 
-    * Noiseless (DDNM): ``lambda = 1``, ``g = sigma'``.
-    * Noisy (DDNM+, chosen when ``noise_sigma > 0``): ``A^+ y`` carries noise of about
-      ``sigma_y``, so ``lambda = min(1, sigma' / sigma_y)`` and only the missing noise
-      is injected, ``g = sqrt(max(sigma'^2 - lambda^2 sigma_y^2, 0))`` (zero once
-      ``sigma' < sigma_y``).  This treats ``A^+ n`` as having standard deviation
-      ``sigma_y``, exact when ``A A^T = I`` (masks, normalised super-resolution).
-      When the operator has an SVD the rule is applied per singular value instead
-      (the paper's remark for ill-conditioned ``A``): in ``V^T`` coordinates the range
-      part ``ybar_i = (U^T y)_i / s_i`` has noise ``sigma_y / s_i``, so
-      ``lambda_i = min(1, sigma' s_i / sigma_y)``, ``g_i = sqrt(max(sigma'^2 - lambda_i^2 sigma_y^2 / s_i^2, 0))``
-      and the null space keeps ``lambda = 0``, ``g = sigma'``.  Without this, ``A^+``
-      amplifies the noise of small singular values (by ``1 / s_min``) unchecked.
+      i.e. ``x0 = D - V diag(lambda) V^T A^+ (A D - y)`` plus the noise of ``Lambda_noise``
+      (VP ``a = sqrt(abar_{t-1})``, ``sigma_t = sqrt(1 - abar_{t-1})`` divided out).  Without an
+      SVD the same rule with every nonzero singular value taken as 1 (the official
+      ``Denoising`` class; exact when ``A A^T = I``, e.g. masks): one ``lambda`` from
+      ``rho = sigma_y``, range and null parts of the noise split by ``P = A^+ A``.
 
-    Time travel (DDNM+, optional, off by default): every ``travel_length`` steps the
-    sample is re-noised back ``travel_length`` levels, ``x <- x + sqrt(sigma_hi^2 - sigma_lo^2) z``,
-    and those steps are redone, ``travel_repeat`` times.
+    At the last step (``sigma' = 0``) the noisy rule has ``lambda = 0``: the output is ``D``.
+    Time travel (``travel_length``, ``travel_repeat``): the RePaint schedule of
+    :func:`time_travel_order`; a jump back to level ``sigma_b`` re-noises the last
+    denoised estimate, ``x = D_last + sigma_b z``, as the official code does (from
+    ``x0_preds[-1]``, before the range-null correction).
 
-    Noise scale: the paper's sigma_y is on the [0, 1] scale, doubled for [-1, 1];
-    ``noise_sigma`` here is already on [-1, 1] and enters as is.  Grid: the prior's
-    EDM grid (rho = 7).  Defaults: 100 steps, ``eta = 0.85``.  Needs ``A^+``; 1 NFE per
-    step (plus the redone steps of time travel), no network backprop.
+    As the official code runs it (``configs/celeba_hq.yml``, ``imagenet_256.yml``):
+    ``T_sampling: 100`` steps on the DDNM grid (t = 990, 980, …, 0, :func:`ddnm_timesteps`;
+    the EDM grid for priors without a table) and a last step to ``sigma = 0``,
+    ``travel_length: 1``, ``travel_repeat: 1`` (no time travel), ``--eta 0.85``, the start
+    ``x_T ~ N(0, I)`` in VP, no clamping of ``x0``.
+
+    Differences from the official code: ``noise_sigma`` is on the [-1, 1] scale (the
+    official ``--sigma_y`` is doubled from [0, 1]); in ``Lambda_noise`` some official
+    operator classes (super-resolution, deblurring, colourisation) scale ``eps`` in the
+    spectral domain without first applying ``V^T``, which scrambles the DDIM direction on
+    their null space; here ``eps`` is taken to spectral coordinates like every other
+    vector (for masks, the inpainting class, both are the same).  Needs ``A^+`` (the SVD
+    where the operator has one); 1 NFE per step (plus the redone steps of time travel),
+    no network backprop.
     """
 
     name = "ddnm"
@@ -76,51 +100,68 @@ class DDNM(Method):
     summary = "DDNM / DDNM+: range-null-space decomposition with A^+ (noisy variant when noise_sigma > 0)"
 
     eta: float = 0.85
-    travel_length: int = 0
+    travel_length: int = 1
     travel_repeat: int = 1
 
     @torch.no_grad()
     def run(self, problem: Problem) -> Tensor:
-        sigmas = problem.sigmas()
-        order = time_travel_order(len(sigmas) - 1, self.travel_length, self.travel_repeat)
+        steps = problem.steps
+        sigmas = problem.timestep_sigmas(ddnm_timesteps)
+        order = time_travel_order(steps, self.travel_length, self.travel_repeat)
         op = problem.operator
         svd = op.svd(problem.x_shape) if problem.noise_sigma > 0 and "svd" in op.capabilities else None
         spectral = None if svd is None else spectral_measurement(svd, problem.y, problem.x_shape)
-        x = sigmas[0] * problem.randn()
-        step = 0
+        x = vp_start_std(problem, sigmas[0]) * problem.randn()
+        denoised, step = None, 0
         for a, b in problem.iterate(list(zip(order[:-1], order[1:])), self.name):
             if b < a:
-                x = x + math.sqrt(sigmas[b] ** 2 - sigmas[a] ** 2) * problem.randn()
+                x = denoised + sigmas[b] * problem.randn()
                 continue
             sigma, sigma_next = sigmas[a], sigmas[b]
             denoised = problem.denoise(x, sigma)
             eps = (x - denoised) / sigma
-            if spectral is None:
-                x = self._step(problem, denoised, eps, sigma_next)
+            if problem.noise_sigma == 0:
+                x = self._noiseless_step(problem, denoised, eps, sigma_next)
+            elif spectral is None:
+                x = self._range_step(problem, denoised, eps, sigma_next)
             else:
-                x = svd.V(self._spectral_step(problem, svd.Vt(denoised), svd.Vt(eps), *spectral, sigma_next))
+                z = problem.randn(tuple(spectral[0].shape))
+                x = svd.V(self._spectral_step(problem, svd.Vt(denoised), svd.Vt(eps), *spectral, sigma_next, z))
             problem.report(step, sigma, x, denoised)
             step += 1
         return x
 
-    def _step(self, problem: Problem, denoised: Tensor, eps: Tensor, sigma_next: float) -> Tensor:
-        """DDNM / DDNM+ with ``A^+`` and a scalar ``lambda``."""
-        sigma_y = problem.noise_sigma
-        lam = 1.0 if sigma_y == 0 else min(1.0, sigma_next / sigma_y)
-        x0 = denoised - lam * problem.operator.pinv(problem.operator(denoised) - problem.y)
-        gain = math.sqrt(max(sigma_next**2 - (lam * sigma_y) ** 2, 0.0))
-        if gain == 0:
-            return x0
-        return x0 + gain * (math.sqrt(1 - self.eta**2) * eps + self.eta * problem.randn())
+    def _noise(self, problem: Problem, eps: Tensor, sigma_next: float) -> Tensor:
+        """``sigma' (eta z + sqrt(1 - eta^2) eps)``: the DDIM noise of the null space."""
+        return sigma_next * (self.eta * problem.randn() + math.sqrt(1 - self.eta**2) * eps)
+
+    def _noiseless_step(self, problem: Problem, denoised: Tensor, eps: Tensor, sigma_next: float) -> Tensor:
+        """DDNM: ``x0 = D - A^+ (A D - y)`` and the DDIM noise."""
+        op = problem.operator
+        return denoised - op.pinv(op(denoised) - problem.y) + self._noise(problem, eps, sigma_next)
+
+    def _range_step(self, problem: Problem, denoised: Tensor, eps: Tensor, sigma_next: float) -> Tensor:
+        """DDNM+ with ``A^+`` alone: the spectral rule with unit singular values, ``P = A^+ A``."""
+        op, sigma_y = problem.operator, problem.noise_sigma
+        lam = math.sqrt(1 - self.eta**2) * sigma_next / sigma_y if sigma_next < sigma_y else 1.0
+        x0 = denoised - lam * op.pinv(op(denoised) - problem.y)
+        null_noise = self._noise(problem, eps, sigma_next)
+        gain = self.eta * sigma_next if sigma_next < sigma_y else math.sqrt(sigma_next**2 - sigma_y**2)
+        range_noise = gain * problem.randn()
+        return x0 + null_noise + op.pinv(op(range_noise - null_noise))
 
     def _spectral_step(
-        self, problem: Problem, d: Tensor, eps: Tensor, s: Tensor, ybar: Tensor, sigma_next: float
+        self, problem: Problem, d: Tensor, eps: Tensor, s: Tensor, ybar: Tensor, sigma_next: float, z: Tensor
     ) -> Tensor:
-        """DDNM+ per singular value: ``lambda_i = min(1, sigma' s_i / sigma_y)`` on ``V^T x``."""
+        """DDNM+ per singular value (``Lambda`` and ``Lambda_noise`` of the official SVD code) on ``V^T x``."""
         observed = s > 0
-        noise = problem.noise_sigma / torch.where(observed, s, torch.ones_like(s))
-        lam = torch.where(observed, (sigma_next / noise).clamp(max=1.0), torch.zeros_like(s))
-        x0 = d - lam * (d - ybar)
-        gain = (sigma_next**2 - (lam * noise) ** 2).clamp_min(0).sqrt()
-        z = problem.randn(tuple(s.shape))
-        return x0 + gain * (math.sqrt(1 - self.eta**2) * eps + self.eta * z)
+        rho = problem.noise_sigma / torch.where(observed, s, torch.ones_like(s))
+        below = observed & (sigma_next < rho)
+        above = observed & (sigma_next > rho)
+        keep = math.sqrt(1 - self.eta**2)
+        lam = torch.where(below, keep * sigma_next / rho, torch.ones_like(s))
+        x0 = torch.where(observed, d - lam * (d - ybar), d)
+        spread = (sigma_next**2 - rho**2).clamp_min(0).sqrt()
+        fresh = torch.where(above, spread, torch.full_like(s, self.eta * sigma_next))
+        kept = torch.where(below | above, torch.zeros_like(s), torch.full_like(s, keep * sigma_next))
+        return x0 + fresh * z + kept * eps

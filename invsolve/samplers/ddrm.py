@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from invsolve.samplers.base import Method, Problem, register
-from invsolve.samplers.updates import spectral_measurement
+from invsolve.samplers.updates import spectral_measurement, vp_start_std
 from invsolve.schedules import strided_timesteps
 
 
@@ -27,18 +27,28 @@ class DDRM(Method):
     * null space (``s_i = 0``): ``x0bar + sqrt(1 - eta^2) sigma' epsbar + eta sigma' z``;
     * ``sigma' < sigma_y / s_i`` (the measurement is noisier than the level):
       ``x0bar + sqrt(1 - eta^2) sigma' (ybar - x0bar) / (sigma_y / s_i) + eta sigma' z``;
-    * otherwise: ``(1 - eta_b) x0bar + eta_b ybar + sqrt(sigma'^2 - eta_b^2 sigma_y^2 / s_i^2) z``.
+    * ``sigma' > sigma_y / s_i``: ``(1 - eta_b) x0bar + eta_b ybar + sqrt(sigma'^2 - eta_b^2 sigma_y^2 / s_i^2) z``.
 
-    Start: ``ybar + sqrt(sigma_T^2 - sigma_y^2 / s_i^2) z`` where ``s_i sigma_T > sigma_y``,
-    ``sigma_T z`` elsewhere.  Singular values below ``1e-6 max(s)`` count as null space.
+    The comparisons are strict, as in the official code: a coordinate with
+    ``sigma' = sigma_y / s_i`` exactly, and every coordinate of a noiseless problem at the
+    last step (``sigma' = 0 = sigma_y``), takes the null-space rule.
 
-    Noise scale: the paper states sigma_y on the [0, 1] scale and doubles it for
-    images in [-1, 1]; here ``noise_sigma`` already is on the [-1, 1] scale and enters
-    as is.  Grid: the official strided DDPM timesteps (``runners/diffusion.py``:
-    t = 950, 900, …, 0 for 20 steps) of the prior's table; the EDM grid for priors
-    without one.
-    Defaults: 20 steps, ``eta = 0.85``, ``eta_b = 1``.  Needs the operator's SVD;
-    1 NFE per step, no network backprop.
+    Official code: github.com/bahjat-kawar/ddrm (``functions/denoising.py``,
+    ``efficient_generalized_steps``; ``runners/diffusion.py``; ``main.py`` and the README's
+    commands).  As it runs: 20 steps on the strided DDPM timesteps ``range(0, T, T // 20)``
+    (t = 950, 900, …, 0) of the prior's table (the EDM grid for priors without one), the
+    last step to ``abar = 1`` (``sigma' = 0``) returning the spectral combination of
+    ``x0`` and ``y``; ``eta = 0.85`` (``--eta``, which sets both ``etaA`` and ``etaC``) and
+    ``eta_b = 1`` (``--etaB``); no clamping of ``x0`` (only of the saved image).  Start:
+    ``x_T`` is ``(ybar + sqrt(sigma_T^2 - sigma_y^2 / s_i^2) z) / sigma_T`` in VP where
+    ``s_i sigma_T > sigma_y``, ``z`` elsewhere; in VE that is ``sqrt(1 + sigma_T^2) / sigma_T``
+    times the VE form ``ybar + sqrt(...) z`` (``sigma_T z``), a factor ``1 + 5e-5`` at
+    t = 950 on the linear table (1 for priors without a table).  Singular values below
+    ``1e-6 max(s)`` count as null space (the operator's SVD decides any truncation).
+
+    Noise scale: the official ``--sigma_0`` is on the [0, 1] scale and doubled for
+    images in [-1, 1]; ``noise_sigma`` here already is on the [-1, 1] scale and enters
+    as is.  Needs the operator's SVD; 1 NFE per step, no network backprop.
     """
 
     name = "ddrm"
@@ -62,6 +72,7 @@ class DDRM(Method):
         start = observed & (sigma_y < sigmas[0])
         z = problem.randn(tuple(s.shape))
         xbar = torch.where(start, ybar + (sigmas[0] ** 2 - sigma_y**2).clamp_min(0).sqrt() * z, sigmas[0] * z)
+        xbar = vp_start_std(problem, sigmas[0]) / sigmas[0] * xbar
         x = svd.V(xbar)
         for i in problem.iterate(range(len(sigmas) - 1), self.name):
             sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -90,4 +101,6 @@ class DDRM(Method):
         noisy = x0bar + sigma_next * (keep * (ybar - x0bar) / sigma_y.clamp_min(1e-30) + self.eta * z)
         spread = (sigma_next**2 - self.eta_b**2 * sigma_y**2).clamp_min(0).sqrt()
         clean = (1 - self.eta_b) * x0bar + self.eta_b * ybar + spread * z
-        return torch.where(observed, torch.where(sigma_next < sigma_y, noisy, clean), null)
+        noisier_than_y = observed & (sigma_next < sigma_y)
+        less_noisy_than_y = observed & (sigma_next > sigma_y)
+        return torch.where(noisier_than_y, noisy, torch.where(less_noisy_than_y, clean, null))

@@ -9,74 +9,153 @@ import torch
 from torch import Tensor
 
 from invsolve.samplers.base import Method, Problem, register
-from invsolve.samplers.updates import ddim_step, ve_step_factor
+from invsolve.samplers.updates import ancestral_step, ddim_step, ve_step_factor, vp_start_std
+from invsolve.schedules import respaced_timesteps
 
-#: Paper step sizes by operator kind (Chung et al. 2023, App. C; FFHQ, sigma_y = 0.05).
-DPS_STEP_SIZES = {"inpainting": 0.5, "phase_retrieval": 1.0}
+#: ``conditioning.params.scale`` of each task config of the official code
+#: (DPS2022/diffusion-posterior-sampling, ``configs/<task>_config.yaml``); the box and
+#: random masks share ``inpainting_config.yaml``.  Keys are ``operator.task``, then ``kind``.
+DPS_STEP_SIZES = {
+    "gaussian_blur": 0.3,
+    "motion_blur": 0.3,
+    "nonlinear_blur": 0.3,
+    "super_resolution": 0.3,
+    "inpainting": 0.5,
+    "box_inpainting": 0.5,
+    "random_inpainting": 0.5,
+    "phase_retrieval": 1.0,
+}
+#: The scale of the official configs for any other linear task (blur and SR).
 DPS_DEFAULT_STEP_SIZE = 0.3
 
 
-def residual_norm_grad(problem: Problem, x: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
-    """``D(x, sigma)`` and ``grad_x sum_n ||y_n - A(D(x_n, sigma))||_2`` (per-sample norms)."""
+def task_value(table: dict, operator: object, default: float) -> float:
+    """``table[operator.task]``, else ``table[operator.kind]``, else ``default``."""
+    for key in (getattr(operator, "task", None), getattr(operator, "kind", None)):
+        if key in table:
+            return table[key]
+    return default
+
+
+def resolve_learned_variance(method: Method, problem: Problem) -> bool:
+    """``method.learned_variance`` decided: ``None`` follows the prior's ``learned_variance``."""
+    available = bool(getattr(problem.prior, "learned_variance", False))
+    if method.learned_variance and not available:
+        raise ValueError(
+            "learned_variance=True needs a prior whose network predicts its step variances (a prior with "
+            "learned_variance, e.g. an ADM checkpoint); this prior has none, so leave the option None"
+        )
+    return available if method.learned_variance is None else bool(method.learned_variance)
+
+
+def denoise_and_variance(
+    problem: Problem, x: Tensor, sigma: float, sigma_next: float, learned: bool
+) -> tuple[Tensor, Tensor | None]:
+    """``D(x, sigma)`` and, when ``learned``, the prior's learned variance of the step to ``sigma_next``."""
+    if not learned:
+        return problem.denoise(x, sigma), None
+    rows = torch.full((x.shape[0],), sigma, device=x.device, dtype=x.dtype)
+    return problem.prior.denoise_with_variance(x, rows, torch.full_like(rows, sigma_next))
+
+
+def residual_norm_grad(
+    problem: Problem, x: Tensor, sigma: float, sigma_next: float | None = None, learned: bool = False
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``D(x, sigma)``, ``grad_x sum_n ||y_n - A(D(x_n, sigma))||_2`` (per-sample norms) and the
+    learned step variance to ``sigma_next`` (``None`` unless ``learned``)."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        x0 = problem.denoise(x, sigma)
+        x0, variance = denoise_and_variance(problem, x, sigma, sigma_next or 0.0, learned)
         norms = (problem.y - problem.operator(x0)).flatten(1).norm(dim=1)
         (grad,) = torch.autograd.grad(norms.sum(), x)
-    return x0.detach(), grad
+    return x0.detach(), grad, None if variance is None else variance.detach()
 
 
 def dps_step(
-    problem: Problem, x: Tensor, sigma: float, sigma_next: float, step_size: float, eta: float = 1.0
+    problem: Problem,
+    x: Tensor,
+    sigma: float,
+    sigma_next: float,
+    step_size: float,
+    eta: float = 1.0,
+    learned_variance: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """One DPS update ``sigma -> sigma_next``: the VE DDIM step from ``D(x, sigma)`` minus
-    the VE-converted gradient of the residual norm.  Returns the new ``x`` and ``D(x, sigma)``."""
-    x0, grad = residual_norm_grad(problem, x, sigma)
+    """One DPS update ``sigma -> sigma_next``: the unconditional ancestral step from ``D(x, sigma)``
+    minus the VE-converted gradient of the residual norm.  Returns the new ``x`` and ``D(x, sigma)``.
+
+    The ancestral step is guided-diffusion's DDPM step with the network's learned variance
+    when ``learned_variance`` (and ``eta = 1``), else the VE DDIM step with ``eta``
+    (``eta = 1``: the DDPM step with the fixed-small variance)."""
+    learned = learned_variance and eta == 1.0
+    x0, grad, variance = residual_norm_grad(problem, x, sigma, sigma_next, learned)
     with torch.no_grad():
-        x_uncond = ddim_step(x0, (x - x0) / sigma, sigma, sigma_next, eta, problem.generator)
+        if variance is not None:
+            x_uncond = ancestral_step(x0, x, sigma, sigma_next, variance, problem.randn(tuple(x.shape)))
+        else:
+            x_uncond = ddim_step(x0, (x - x0) / sigma, sigma, sigma_next, eta, problem.generator)
         return x_uncond - step_size * ve_step_factor(sigma, sigma_next) * grad, x0
 
 
 @register
 @dataclass
 class DPS(Method):
-    r"""Diffusion posterior sampling (Chung et al., "Diffusion Posterior Sampling for
-    General Noisy Inverse Problems", ICLR 2023).
+    r"""Diffusion posterior sampling (Chung, Kim, Mccann, Klasky & Ye, "Diffusion Posterior
+    Sampling for General Noisy Inverse Problems", ICLR 2023).
 
+    Official code: github.com/DPS2022/diffusion-posterior-sampling
+    (``guided_diffusion/gaussian_diffusion.py``, ``condition_methods.py``, ``configs/``).
     With ``x0 = D(x_i, sigma_i)`` the likelihood ``p(y | x_i)`` is approximated by
-    ``p(y | x0)``; each step takes the unconditional ancestral step ``x'`` (VE DDIM,
-    eta = 1) and corrects it by the gradient of the residual *norm*:
+    ``p(y | x0)``; each step takes the unconditional ancestral step ``x'`` and corrects
+    it by the gradient of the residual *norm*:
 
     .. math::
         x_{i-1} = x' - \zeta \sqrt{(1+\sigma_i^2)(1+\sigma_{i-1}^2)}\,
         \nabla_{x_i} \lVert y - A(D(x_i, \sigma_i)) \rVert_2 .
 
-    The square-root factor converts the paper's VP step ``zeta`` to the VE
-    convention, so ``step_size`` keeps its published values: 0.3 for blur and
-    super-resolution, 0.5 for inpainting, 1.0 for phase retrieval (chosen from
-    ``operator.kind`` when left ``None``).  The norm is taken per sample, so
-    batched samples are independent.  ``sigma_y`` on the [-1, 1] scale; it does
-    not enter the update.  Cost per step: 1 NFE and one backprop through the network.
+    The square-root factor converts the official VP step ``zeta`` (applied to ``x_vp``)
+    to the VE convention, so ``step_size`` keeps the official values, per task from the
+    task configs (``DPS_STEP_SIZES``: 0.3 for Gaussian, motion and nonlinear blur and SR
+    x4, 0.5 for inpainting, 1.0 for phase retrieval; 0.3 for other tasks) when ``None``.
+
+    As the official code runs it (``configs/diffusion_config.yaml``): all 1000 DDPM
+    timesteps of the prior's table (``timestep_respacing: 1000``; the EDM grid for priors
+    without a table), the start ``x_T ~ N(0, I)`` in VP (``sqrt(1 + sigma_T^2) z`` in VE),
+    ``clip_denoised: True`` (``x0`` clamped to the prior's ``data_range``), the DDPM
+    ``p_sample`` step: mean ``x0 + (sigma'^2/sigma^2)(x - x0)`` and the network's
+    learned-range variance (``model_var_type: learned_range``) when the prior has one
+    (``learned_variance``, ADM checkpoints), else the fixed-small variance; the last step
+    (``t = 0``) adds no noise and returns ``x0`` minus the last gradient step.
+
+    Differences from the official code: the residual norm is taken per sample, so
+    batched samples are independent (the official norm spans the batch; the same for
+    its batch size 1); ``eta`` other than 1 swaps the DDPM step for a VE DDIM step (the
+    official code also has a DDIM sampler, unused by its configs).  ``noise_sigma`` (on the
+    [-1, 1] scale) does not enter the update.  Cost per step: 1 NFE and one backprop
+    through the network.
     """
 
     name = "dps"
     needs = ("vjp", "pixel")
     default_steps = 1000
     summary = "diffusion posterior sampling (gradient of the residual norm through the denoiser)"
+    clips_denoised = True
 
     step_size: float | None = None
     eta: float = 1.0
+    learned_variance: bool | None = None
 
     def resolved(self, problem: Problem) -> "DPS":
-        if self.step_size is not None:
-            return self
-        kind = getattr(problem.operator, "kind", "generic")
-        return dataclasses.replace(self, step_size=DPS_STEP_SIZES.get(kind, DPS_DEFAULT_STEP_SIZE))
+        step = self.step_size
+        if step is None:
+            step = task_value(DPS_STEP_SIZES, problem.operator, DPS_DEFAULT_STEP_SIZE)
+        return dataclasses.replace(self, step_size=step, learned_variance=resolve_learned_variance(self, problem))
 
     def run(self, problem: Problem) -> Tensor:
-        sigmas = problem.sigmas()
-        x = sigmas[0] * problem.randn()
+        sigmas = problem.timestep_sigmas(respaced_timesteps)
+        x = vp_start_std(problem, sigmas[0]) * problem.randn()
         for i in problem.iterate(range(len(sigmas) - 1), self.name):
-            x, x0 = dps_step(problem, x, sigmas[i], sigmas[i + 1], self.step_size, self.eta)
+            x, x0 = dps_step(
+                problem, x, sigmas[i], sigmas[i + 1], self.step_size, self.eta, bool(self.learned_variance)
+            )
             problem.report(i, sigmas[i], x, x0)
         return x

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -10,7 +11,25 @@ import torch
 from torch import Tensor
 
 from invsolve.samplers.base import Method, Problem, register
-from invsolve.samplers.dps import dps_step
+from invsolve.samplers.dps import dps_step, resolve_learned_variance
+from invsolve.samplers.updates import vp_start_std
+from invsolve.schedules import respaced_timesteps
+
+
+def noised_measurement(problem: Problem, sigma: float, sigma_next: float) -> Tensor:
+    r"""The official projection target for the step ``sigma -> sigma'``, in VE units.
+
+    MCG's ``p_sample_loop_progressive`` puts ``q_sample(y, t)`` into the measured part of
+    ``x_{t-1}``: the measurement noised to the level of the *current* step ``t``,
+    ``sqrt(abar_t) y + sqrt(1 - abar_t) n``, with ``n`` image noise seen through the mask.
+    Divided by ``sqrt(abar_{t-1})`` to reach the VE state at ``sigma'`` and written with
+    ``n = A z``:
+
+    .. math::
+        y' = \sqrt{(1 + \sigma'^2) / (1 + \sigma^2)}\; (y + \sigma A z).
+    """
+    scale = math.sqrt((1 + sigma_next**2) / (1 + sigma**2))
+    return scale * (problem.y + sigma * problem.operator(problem.randn()))
 
 
 @register
@@ -19,35 +38,56 @@ class MCG(Method):
     r"""Manifold constrained gradients (Chung, Sim, Ryu & Ye, "Improving Diffusion Models
     for Inverse Problems using Manifold Constraints", NeurIPS 2022).
 
-    Per step ``sigma -> sigma'``, with ``x0 = D(x, sigma)``: the unconditional ancestral
-    step ``x'`` (VE DDIM, ``eta = 1``), a gradient step on the weighted residual norm
-    (the manifold constraint), then the projection onto the noised measurement set:
+    Official code: github.com/HJ-harry/MCG_diffusion (``guided_diffusion/gaussian_diffusion.py``,
+    ``p_sample_loop_progressive`` with ``sample_method="MCG"``; ``run_inpainting.sh``,
+    ``scripts/sample_inpainting.py``).  Per step ``sigma -> sigma'``, with ``x0 = D(x, sigma)``
+    clamped: the DDPM ancestral step ``x'`` (as in DPS, :func:`~invsolve.samplers.dps.dps_step`,
+    with the network's learned variance when the prior has one), minus the gradient of the
+    residual norm (the manifold constraint), then the projection onto the noised
+    measurement set:
 
     .. math::
         x'' = x' - \alpha \sqrt{(1+\sigma^2)(1+\sigma'^2)}\, \nabla_x \lVert W (y - A x_0) \rVert_2,
-        \qquad x_{new} = x'' - A^+ (A x'' - y'), \quad y' = y + \sigma' A z .
+        \qquad x_{new} = x'' - A^+ (A x'' - y'),
 
-    ``y'`` is what the measurement of ``x0 + sigma' z`` would be, so the range part
-    of ``x_new`` has the marginal of level ``sigma'``; for inpainting (``A^+ A`` a mask)
-    this is the paper's ``(1 - m) x'' + m y'``.  The square-root factor converts the
-    paper's VP step ``alpha`` to VE as in DPS.  ``weighting`` is ``W`` (a function on
-    measurements; identity when ``None``).
+    with ``y'`` of :func:`noised_measurement` (the measurement noised to the *current*
+    level ``sigma``, as the official ``q_sample(cond, t)``).  For inpainting ``A^+ A`` is
+    the mask and this is the official ``x'' (1 - m) + q_sample(y, t) m``; its masking of
+    the gradient by ``1 - m`` is implied, the projection replacing the measured part.  The
+    square-root factor converts the official VP step (``alpha = 1``: the gradient is
+    subtracted unscaled, ``th.norm`` not squared) to VE.  ``weighting`` is ``W`` (a
+    function on measurements; identity when ``None``, as in the official code).
 
-    Measurement noise: the projection puts ``y`` with its noise back into the range at
-    every step, so MCG assumes ``sigma_y = 0``; with ``noise_sigma > 0`` its samples
-    carry the full measurement noise in the range of ``A`` (the paper's noted failure
-    mode) and are no longer posterior samples.  Grid: the prior's EDM grid (rho = 7).
-    Defaults: 1000 steps, ``alpha = 1``.  Needs a VJP and ``A^+``; 1 NFE and one
-    network backprop per step.
+    As the official code runs it: all 1000 DDPM timesteps (``--timestep_respacing 1000``;
+    the EDM grid for priors without a table), ``x_T ~ N(0, I)`` in VP, ``clip_denoised=True``,
+    the learned-range variance of its ``learn_sigma`` model.  The last step projects onto
+    ``q_sample(y, 0)``, which leaves ``sigma_0`` (0.01 on the linear table) of noise on the
+    measured part.
+
+    Measurement noise: as in the official code, nothing depends on ``noise_sigma``; the
+    projection puts ``y`` with its noise back into the range of ``A`` at every step (the
+    official experiments are noiseless).  With ``noise_sigma > 0`` the samples carry the
+    full measurement noise in the range of ``A``, amplified by ``A^+`` where ``A`` has small
+    singular values (deblurring): MCG is a method for noiseless measurements.
+
+    Differences from the official code, which implements inpainting only: the general
+    ``A^+`` projection and ``W``; the noise of ``y'`` is ``A z`` (the same as the official
+    masked image noise for inpainting); per-sample norms as in DPS.  Needs a VJP and
+    ``A^+``; 1 NFE and one network backprop per step.
     """
 
     name = "mcg"
     needs = ("vjp", "pinv", "pixel")
     default_steps = 1000
     summary = "MCG: DPS step plus projection onto the noised measurement set (noiseless problems)"
+    clips_denoised = True
 
     alpha: float = 1.0
     weighting: Callable[[Tensor], Tensor] | None = None
+    learned_variance: bool | None = None
+
+    def resolved(self, problem: Problem) -> "MCG":
+        return dataclasses.replace(self, learned_variance=resolve_learned_variance(self, problem))
 
     def run(self, problem: Problem) -> Tensor:
         op = problem.operator
@@ -55,15 +95,12 @@ class MCG(Method):
         if self.weighting is not None:
             weigh = self.weighting
             guided = dataclasses.replace(problem, y=weigh(problem.y), operator=lambda x: weigh(op(x)))
-        sigmas = problem.sigmas()
-        x = sigmas[0] * problem.randn()
+        sigmas = problem.timestep_sigmas(respaced_timesteps)
+        x = vp_start_std(problem, sigmas[0]) * problem.randn()
         for i in problem.iterate(range(len(sigmas) - 1), self.name):
             sigma, sigma_next = sigmas[i], sigmas[i + 1]
-            x, x0 = dps_step(guided, x, sigma, sigma_next, self.alpha)
+            x, x0 = dps_step(guided, x, sigma, sigma_next, self.alpha, 1.0, bool(self.learned_variance))
             with torch.no_grad():
-                target = problem.y
-                if sigma_next > 0:
-                    target = target + sigma_next * op(problem.randn())
-                x = x - op.pinv(op(x) - target)
+                x = x - op.pinv(op(x) - noised_measurement(problem, sigma, sigma_next))
             problem.report(i, sigma, x, x0)
         return x

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -10,11 +10,12 @@ from torch import Tensor
 
 from invsolve.samplers.base import Method, Problem, register
 from invsolve.samplers.updates import ddim_step, spectral_measurement
+from invsolve.schedules import strided_timesteps
 from operators.conjugate_gradient import conjugate_gradient
 
 
 def pigdm_direction(problem: Problem, residual: Tensor, r2: float) -> Tensor:
-    r"""``v = r^2 A^T (r^2 A A^T + sigma_y^2 I)^{-1} residual`` in the unknown's space.
+    r"""``v = r^2 A^T (r^2 A A^T + sigma_y^2 I)^{-1} residual`` in the unknown's space (the paper's noisy form).
 
     Noiseless this is ``A^+ residual``.  Noisy it uses the operator's SVD when it has
     one, ``V diag(r^2 s / (r^2 s^2 + sigma_y^2)) U^T`` (the spectral residual
@@ -38,37 +39,43 @@ class PiGDM(Method):
     r"""Pseudoinverse-guided diffusion models (Song, Vahdat, Mardani & Kautz,
     "Pseudoinverse-Guided Diffusion Models for Inverse Problems", ICLR 2023).
 
-    The clean image given ``x = x0 + sigma eps`` is approximated by
-    ``p(x0 | x) ≈ N(D(x, sigma), r^2 I)`` with ``r^2 = sigma^2 / (1 + sigma^2)`` (the
-    posterior variance of a unit-variance prior, i.e. VP's ``1 - abar``), so that
-    ``p(y | x) ≈ N(A D, r^2 A A^T + sigma_y^2 I)`` and the guidance is one
-    vector-Jacobian product through the denoiser,
+    Official code: github.com/NVlabs/RED-diff (``algos/pgdm.py`` with ``awd=True``,
+    ``cond_awd=False``, ``mcg=False`` from ``_configs/algo/pgdm.yaml``; grid from
+    ``utils/functions.py``, ``get_timesteps``).  Per step ``sigma -> sigma'`` with
+    ``D = D(x, sigma)``: the guidance is one vector-Jacobian product through the denoiser,
 
     .. math::
-        g = J_D^T\, r^2 A^T (r^2 A A^T + \sigma_y^2 I)^{-1} (y - A D)
-          \;\xrightarrow{\sigma_y \to 0}\; J_D^T A^+ (y - A D).
+        g = J_D(x)^T A^+ (y - A D), \qquad x' = \mathrm{DDIM}_\eta(x; D) + w\, g .
 
-    The factor ``r^2`` in front makes the noisy and the noiseless (``A^+``) forms of
-    the paper one expression: ``g = r^2 grad_x log p(y | x)``.
+    The official VP update adds ``w sqrt(abar_{t-1}) sqrt(abar_t) g_vp`` to ``x_vp`` at
+    level ``t - 1``; with ``x_vp = sqrt(abar) x`` the VP Jacobian is ``g_vp = g / sqrt(abar_t)``
+    and a VP correction at level ``t - 1`` is ``1 / sqrt(abar_{t-1})`` times larger in VE,
+    so ``w`` enters the VE update unscaled.  The last step (to ``abar = 1``) returns
+    ``D + w g``.
 
-    Scale (VP → VE): the paper adds ``w sqrt(abar_t) g_vp`` to the DDIM update of
-    ``x_vp`` at level ``t - 1``.  With ``x_vp = sqrt(abar) x`` the VP Jacobian is
-    ``g_vp = g / sqrt(abar_t)``, so ``sqrt(abar_t) g_vp = g``; a correction added to
-    ``x_vp`` at level ``t - 1`` is divided by ``sqrt(abar_{t-1}) = (1 + sigma'^2)^{-1/2}``
-    in VE.  Hence, per step ``sigma -> sigma'``,
+    As the RED-diff repository runs it: 100 steps (``exp.num_steps=100`` in the ΠGDM
+    commands of ``sample_test.sh``) on ``range(end_step, start_step, (start_step - end_step)
+    // num_steps)`` with ``start_step: 1000``, ``end_step: 0`` (``_configs/exp/default.yaml``):
+    t = 990, 980, …, 0 of the prior's table (the EDM grid for priors without one);
+    ``eta = 1`` (``algo.eta=1.0`` in every ΠGDM command of ``sample_test.sh`` and
+    ``sample_batch.sh``; the yaml's default is 0.0); ``w = 1`` (``grad_term_weight: 1``);
+    the start ``x_T = sqrt(abar_T) A^+ y + sqrt(1 - abar_T) z``, i.e. ``A^+ y + sigma_T z``;
+    no clamping of ``x0``; ``A^+`` in the guidance whatever the noise (the code never
+    reads ``sigma_y``); for inpainting (its ``in2`` degradations) the measured pixels of
+    ``D`` are replaced by ``y`` and ``g`` is masked to the missing ones after the VJP,
+    generalised here as ``D <- D - A^+ (A D - y)``, ``g <- g - A^+ A g``
+    (``replace_observed``, on for operators of kind ``"inpainting"``), while the DDIM
+    direction keeps the network's ``eps``.
 
-    .. math::
-        x' = \mathrm{DDIM}_\eta(x; D) + w \sqrt{1 + \sigma'^2}\, g .
+    Option, not the official default: ``noisy_guidance=True`` uses the paper's noisy
+    likelihood, ``g = J_D^T r^2 A^T (r^2 A A^T + sigma_y^2 I)^{-1} (y - A D)`` with
+    ``r^2 = sigma^2 / (1 + sigma^2)`` (:func:`pigdm_direction`), equal to the official
+    form when ``noise_sigma = 0``.  With ``noise_sigma > 0`` and an ill-conditioned ``A``
+    (deblurring) the official ``A^+`` amplifies the measurement noise by ``1 / s_min``.
 
-    A consistent alternative, the same guidance fed to DDIM through Tweedie
-    (``D_y = D + (1 + sigma^2) g``), was measured too and is not used: on the
-    Gaussian-mixture benchmark it reached the noise floor on some seeds but missed
-    modes more often than the paper's scaling (README, ΠGDM).
-
-    Noise scale: ``noise_sigma`` on the [-1, 1] scale.  Grid: the prior's EDM grid
-    (rho = 7).  Defaults: 100 steps, ``eta = 1``, ``weight = 1``.  Needs ``A^+`` and a
-    VJP through the network (noisy: the SVD, or conjugate gradients through the
-    adjoint when there is none); 1 NFE and one network backprop per step.
+    Noise scale: ``noise_sigma`` on the [-1, 1] scale.  Needs ``A^+`` and a VJP through
+    the network (with ``noisy_guidance``: the SVD, or conjugate gradients through the
+    adjoint); 1 NFE and one network backprop per step.
     """
 
     name = "pigdm"
@@ -78,22 +85,38 @@ class PiGDM(Method):
 
     eta: float = 1.0
     weight: float = 1.0
+    noisy_guidance: bool = False
+    replace_observed: bool | None = None
+
+    def resolved(self, problem: Problem) -> "PiGDM":
+        if self.replace_observed is not None:
+            return self
+        return dataclasses.replace(self, replace_observed=getattr(problem.operator, "kind", "") == "inpainting")
+
+    def _direction(self, problem: Problem, residual: Tensor, sigma: float) -> Tensor:
+        if self.noisy_guidance:
+            return pigdm_direction(problem, residual, sigma**2 / (1 + sigma**2))
+        return problem.operator.pinv(residual)
 
     def run(self, problem: Problem) -> Tensor:
-        sigmas = problem.sigmas()
-        x = sigmas[0] * problem.randn()
+        op = problem.operator
+        sigmas = problem.timestep_sigmas(strided_timesteps)
+        with torch.no_grad():
+            x = op.pinv(problem.y) + sigmas[0] * problem.randn()
         for i in problem.iterate(range(len(sigmas) - 1), self.name):
             sigma, sigma_next = sigmas[i], sigmas[i + 1]
-            r2 = sigma**2 / (1 + sigma**2)
             with torch.enable_grad():
                 x_in = x.detach().requires_grad_(True)
                 denoised = problem.denoise(x_in, sigma)
                 with torch.no_grad():
-                    v = pigdm_direction(problem, problem.y - problem.operator(denoised), r2)
+                    v = self._direction(problem, problem.y - op(denoised), sigma)
                 (g,) = torch.autograd.grad(denoised, x_in, grad_outputs=v)
             with torch.no_grad():
                 denoised = denoised.detach()
-                x = ddim_step(denoised, (x - denoised) / sigma, sigma, sigma_next, self.eta, problem.generator)
-                x = x + self.weight * math.sqrt(1 + sigma_next**2) * g
+                eps = (x - denoised) / sigma
+                if self.replace_observed:
+                    denoised = denoised - op.pinv(op(denoised) - problem.y)
+                    g = g - op.pinv(op(g))
+                x = ddim_step(denoised, eps, sigma, sigma_next, self.eta, problem.generator) + self.weight * g
             problem.report(i, sigma, x, denoised)
         return x

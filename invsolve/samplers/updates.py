@@ -32,6 +32,28 @@ def ddim_step(
     return x
 
 
+def vp_start_std(problem: Any, sigma: float) -> float:
+    """Standard deviation, in VE units, of the official codes' start ``x_T ~ N(0, I)`` at level ``sigma``.
+
+    DDPM-family codes draw a unit-variance VP state; with ``x = x_vp sqrt(1 + sigma^2)``
+    that is ``sqrt(1 + sigma^2) z`` in VE for a prior with a timestep table (a DDPM
+    model).  A VE prior without one starts at ``sigma z``, the EDM convention.
+    """
+    return math.sqrt(1 + sigma**2) if problem.sigma_table is not None else sigma
+
+
+def ancestral_step(x0: Tensor, x: Tensor, sigma: float, sigma_next: float, variance: Tensor, noise: Tensor) -> Tensor:
+    """DDPM step ``sigma -> sigma_next`` with a given per-entry VE ``variance`` (e.g. learned).
+
+    The mean is the posterior mean of ``q(x_{sigma'} | x_sigma, x0)``,
+    ``x0 + (sigma'^2 / sigma^2)(x - x0)`` (the VE form of Ho et al.'s ``mu~_t``, which
+    guided-diffusion's ``p_sample`` uses with its clamped ``x0``); ``noise`` is ``N(0, I)``.
+    """
+    if sigma_next <= 0:
+        return x0
+    return x0 + (sigma_next**2 / sigma**2) * (x - x0) + variance.sqrt() * noise
+
+
 def spectral_measurement(svd: Any, y: Tensor, x_shape: tuple[int, ...], rtol: float = 1e-6) -> tuple[Tensor, Tensor]:
     """``(s, ybar)`` in the flat spectral coordinates ``V^T x`` of ``A = U diag(s) V^T``.
 
