@@ -11,12 +11,18 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from invsolve.contracts import check_operator_output, checked
 from invsolve.counting import counting
+from invsolve.resources import check_working_set
 from invsolve.result import Result
 from invsolve.samplers import DivergenceError, Problem, registered
 from invsolve.validation import (
+    MAX_STEPS,
+    check_count,
     check_measurement,
+    check_method_options,
     check_methods_fit,
+    check_noise_sigma,
     check_prior,
     infer_x_shape,
     needs_tiling,
@@ -42,14 +48,7 @@ def _method_class(method: str):
 
 
 def _build_method(cls, options: dict[str, Any]):
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(options) - fields)
-    if unknown:
-        raise ValueError(
-            f"method {cls.name!r} has no option(s) {', '.join(unknown)}; "
-            f"its options are: {', '.join(sorted(fields)) or 'none'}"
-        )
-    return cls(**options)
+    return cls(**check_method_options(cls, options))
 
 
 def working_dtype(measurement_dtype: torch.dtype, prior_dtype: torch.dtype | None) -> torch.dtype:
@@ -141,15 +140,12 @@ def solve(
         operator = FunctionOperator(operator, probe_dtype=measurement.dtype)
     check_prior(prior)
     check_methods_fit([cls.name], registered(), operator, prior)
-    noise_sigma = 0.0 if noise_sigma is None else float(noise_sigma)
+    noise_sigma = 0.0 if noise_sigma is None else check_noise_sigma(noise_sigma)
     check_measurement(measurement, noise_sigma, operator)
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    num_samples = check_count("num_samples", num_samples)
+    steps = cls.default_steps if steps is None else check_count("steps", steps, 1, MAX_STEPS)
     shape = infer_x_shape(measurement, operator, prior, x_shape)
-    steps = cls.default_steps if steps is None else int(steps)
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    seed = int.from_bytes(os.urandom(7), "little") if seed is None else int(seed)
+    seed = int.from_bytes(os.urandom(7), "little") if seed is None else check_count("seed", seed, 0, 2**64 - 1)
     if needs_tiling(prior, shape):
         prior = Tiled(prior)
     if isinstance(prior, Tiled):
@@ -157,8 +153,10 @@ def solve(
 
     device = getattr(prior, "device", None) or measurement.device
     dtype = working_dtype(measurement.dtype, getattr(prior, "dtype", None))
+    check_working_set(shape, num_samples, device, "use a smaller image or fewer samples", prior)
     y = measurement.to(device=device, dtype=dtype).repeat(num_samples, *([1] * (measurement.ndim - 1)))
-    counted = counting(prior)
+    check_operator_output(operator, (num_samples * shape[0], *shape[1:]), tuple(y.shape), device, dtype)
+    counted = counting(checked(prior))
     algorithm = resolve_clipping(algorithm, prior)
     data_range = getattr(prior, "data_range", None)
     problem = Problem(

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from invsolve import methods, solve
+from invsolve.samplers import registered
 from invsolve.samplers.updates import ddim_step
 from invsolve.schedules import karras_sigmas
 from operators import MatrixOperator, Operator
@@ -37,8 +38,12 @@ def test_dps_samples_approach_the_exact_posterior(gmm_problem):
 
 
 @pytest.mark.parametrize("step_size", [-0.3, 3.0])
-def test_dps_with_a_wrong_sign_or_scale_misses_the_posterior(gmm_problem, step_size):
-    """The tolerance above is tight enough that a flipped sign or a 10x step fails it."""
+def test_dps_with_a_wrong_sign_or_scale_misses_the_posterior(gmm_problem, step_size, monkeypatch):
+    """The tolerance above is tight enough that a flipped sign or a 10x step fails it.
+
+    solve() refuses negative hyperparameters; the flipped sign is let through here by
+    declaring step_size signed (the ``signed_options`` hook of a method class)."""
+    monkeypatch.setattr(registered()["dps"], "signed_options", ("step_size",), raising=False)
     prior, op, y, noise_sigma, posterior = gmm_problem
     result = solve(y, op, prior, steps=100, seed=0, num_samples=1000, noise_sigma=noise_sigma,
                    progress=False, step_size=step_size)
