@@ -10,123 +10,40 @@ beside it (``scheduler_config.json``) or in ``scheduler/``.  diffusers is import
 
 from __future__ import annotations
 
-import json
 import os
-import re
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from priors.adm import resolve_adm_checkpoint
 from priors.base import Prior
-from priors.bundled import bundled, bundled_path
+from priors.bundled import bundled
 from priors.diffusers_latent import AUTOENCODER_CLASSES, DiffusersLatentPrior, TextConditionedDenoiser
 from priors.diffusers_pixel import DiffusersPixelPrior
+from priors.locations import (
+    DOWNLOAD_OPTIONS as _DOWNLOAD_OPTIONS,
+    EXPECTED as _EXPECTED,
+    RESOLVERS,
+    ModelLocation,
+    cache_only_when_offline,
+    first_line as _first_line,
+)
 from priors.network_priors import load_network_prior
 
 #: Keyword arguments ``load_prior`` forwards to the Hub download and ``from_pretrained``.
 HUB_OPTIONS = ("revision", "cache_dir", "local_files_only", "token", "variant", "use_safetensors")
-_DOWNLOAD_OPTIONS = ("revision", "cache_dir", "local_files_only", "token")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _LATENT_COMPONENTS = ("vqvae", "vae")
 _LATENT_UNETS = ("UNet2DModel", "UNet2DConditionModel")
-_EXPECTED = (
-    "a folder holding a diffusers UNet2DModel (config.json with _class_name UNet2DModel and "
-    "scheduler_config.json beside it or in scheduler/) or a pipeline folder (model_index.json "
-    "with unet/ and scheduler/)"
-)
 
 
-@dataclass
-class ModelLocation:
-    """Where a diffusers model lives: a local folder or a Hub repository id.
+def _scheduler(location: ModelLocation, config: dict) -> Any:
+    """A ``DDPMScheduler`` from ``config``; an unknown beta schedule or prediction type is a one-line error."""
+    from diffusers import DDPMScheduler
 
-    ``unreachable`` records that a Hub file was neither reachable nor cached, so
-    that a missing component is reported as a connection problem.
-    """
-
-    target: str
-    local: bool
-    unreachable: bool = field(default=False, init=False)
-
-    def describe(self) -> str:
-        return f"folder {self.target!r}" if self.local else f"Hugging Face Hub repository {self.target!r}"
-
-    def error(self, problem: str) -> ValueError:
-        """A one-line error for ``problem``, or for the Hub being out of reach."""
-        if self.unreachable:
-            offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") else ""
-            return ValueError(
-                f"cannot load prior {self.target!r}: it is not a local folder, and the Hugging Face Hub "
-                f"cannot be reached{offline} while the local cache lacks it; pass a local folder or go online once"
-            )
-        return ValueError(f"cannot load prior from {self.describe()}: {problem}")
-
-    def read_json(self, filename: str, subfolder: str | None, options: dict[str, Any]) -> dict | None:
-        """The parsed JSON file, or ``None`` when the location has no such file."""
-        if self.local:
-            path = Path(self.target, subfolder or "", filename)
-            return json.loads(path.read_text()) if path.is_file() else None
-        return self._read_hub_json(filename, subfolder, options)
-
-    def _read_hub_json(self, filename: str, subfolder: str | None, options: dict[str, Any]) -> dict | None:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.utils import (
-            EntryNotFoundError,
-            LocalEntryNotFoundError,
-            RepositoryNotFoundError,
-            RevisionNotFoundError,
-        )
-
-        download = {k: v for k, v in options.items() if k in _DOWNLOAD_OPTIONS}
-        try:
-            path = hf_hub_download(self.target, filename, subfolder=subfolder, **download)
-        except LocalEntryNotFoundError:
-            self.unreachable = True
-            return None
-        except EntryNotFoundError:
-            return None
-        except (RepositoryNotFoundError, RevisionNotFoundError) as err:
-            raise ValueError(
-                f"cannot load prior {self.target!r}: it is not a local folder, and the Hugging Face Hub "
-                f"answers {type(err).__name__} (check the id, revision and access token)"
-            ) from None
-        except OSError as err:
-            reason = _first_line(err)
-            raise ValueError(f"cannot load prior {self.target!r} from the Hugging Face Hub: {reason}") from None
-        return json.loads(Path(path).read_text())
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-def _local_folder(name: str) -> ModelLocation | None:
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return ModelLocation(str(path), local=True)
-    if path.exists():
-        raise ValueError(
-            f"cannot load prior {name!r}: it is a file, not a folder; expected {_EXPECTED} "
-            "or an ADM checkpoint ending in .pt, .pth or .safetensors"
-        )
-    return None
-
-
-def _bundled(name: str) -> ModelLocation | None:
-    folder = bundled_path(name)
-    return None if folder is None else ModelLocation(str(folder), local=True)
-
-
-def _hub_repo(name: str) -> ModelLocation | None:
-    return ModelLocation(name, local=False) if _HUB_ID.match(name) else None
-
-
-#: Resolvers tried in order; each returns a location for names it recognises, else ``None``.
-RESOLVERS: list[Callable[[str], ModelLocation | None]] = [_local_folder, _bundled, _hub_repo]
+    try:
+        return DDPMScheduler.from_config(config)
+    except (NotImplementedError, ValueError, TypeError, KeyError) as err:
+        raise location.error(f"its scheduler config cannot be used: {_first_line(err)}") from None
 
 
 def _first_config(
@@ -170,15 +87,14 @@ def _find_unet_and_scheduler(location: ModelLocation, options: dict[str, Any]) -
 def _load_diffusers_pixel(
     location: ModelLocation, options: dict[str, Any], dtype: torch.dtype | None
 ) -> DiffusersPixelPrior:
-    from diffusers import DDPMScheduler, UNet2DModel
-
     unet_folder, scheduler_config = _find_unet_and_scheduler(location, options)
+    from diffusers import UNet2DModel  # after the configs are found: the import takes seconds
     weights_dtype = {} if dtype is None else {"torch_dtype": dtype}
     try:
         unet = UNet2DModel.from_pretrained(location.target, subfolder=unet_folder, **options, **weights_dtype)
     except OSError as err:
         raise location.error(f"its UNet2DModel weights cannot be loaded: {_first_line(err)}") from None
-    scheduler = DDPMScheduler.from_config(scheduler_config)
+    scheduler = _scheduler(location, scheduler_config)
     unet.eval().requires_grad_(False)
     return DiffusersPixelPrior.from_scheduler(unet, scheduler)
 
@@ -250,7 +166,7 @@ def _load_diffusers_latent(
     unet = _from_pretrained(location, getattr(diffusers, unet_class), "unet", load, "UNet")
     autoencoder.eval().requires_grad_(False)
     unet.eval().requires_grad_(False)
-    scheduler = diffusers.DDPMScheduler.from_config(scheduler_config)
+    scheduler = _scheduler(location, scheduler_config)
     schedule = (unet, scheduler.alphas_cumprod, scheduler.config.prediction_type)
     if unet_class == "UNet2DConditionModel":
         text_encoder, tokenizer = _text_components(location, index, options, dtype)
@@ -264,6 +180,19 @@ def _load_diffusers_latent(
             )
         denoiser = DiffusersPixelPrior(*schedule, data_range=None)
     return DiffusersLatentPrior(denoiser, autoencoder)
+
+
+def _adm_checkpoint(name_or_path: str | os.PathLike, device: Any, dtype: torch.dtype | None, **kwargs: Any) -> Prior | None:
+    """:func:`priors.adm.resolve_adm_checkpoint`, with a corrupt ``.safetensors`` file as a one-line error."""
+    from safetensors import SafetensorError
+
+    try:
+        return resolve_adm_checkpoint(name_or_path, device, dtype, **kwargs)
+    except SafetensorError as err:
+        raise ValueError(
+            f"cannot read {os.fspath(name_or_path)!r} as a .safetensors checkpoint ({_first_line(err)}); "
+            "the file is truncated or not a safetensors file"
+        ) from None
 
 
 def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
@@ -305,7 +234,7 @@ def load_prior(
     guidance weight, default 1: no guidance) choose the conditioning.
     """
     if prompt is None and guidance_scale is None:
-        adm = resolve_adm_checkpoint(name_or_path, device, _as_dtype(dtype), **kwargs)
+        adm = _adm_checkpoint(name_or_path, device, _as_dtype(dtype), **kwargs)
         if adm is not None:
             return adm
         network = load_network_prior(name_or_path, device, _as_dtype(dtype))  # restorer / LPN folders
@@ -322,6 +251,7 @@ def load_prior(
         raise FileNotFoundError(
             f"cannot load prior {name!r}: no such folder, bundled name ({names}) or Hub id; expected {_EXPECTED}"
         )
+    kwargs = cache_only_when_offline(location, kwargs)
     index = location.read_json("model_index.json", None, kwargs)
     if index is not None and any(component in index for component in _LATENT_COMPONENTS):
         latent = _load_diffusers_latent(location, index, kwargs, _as_dtype(dtype), prompt, guidance_scale)
