@@ -1,9 +1,9 @@
 """The ``invsolve`` command line: ``invsolve restore``, ``invsolve list`` and friends.
 
 Subcommands live in :mod:`invsolve.commands`, one module each.  Expected errors
-(bad input files, unknown names, shape mismatches) end the program with one
-line on stderr, ``invsolve: error: ...``, and exit status 2; ``--debug`` prints
-the traceback as well.
+(bad input files, unknown names, shape mismatches, a diverged solve, running out
+of memory) end the program with one line on stderr, ``invsolve: error: ...``, and
+exit status 2; ``--debug`` prints the traceback as well.
 """
 
 from __future__ import annotations
@@ -15,16 +15,19 @@ from typing import Sequence
 
 from invsolve.commands import command_modules
 
-#: Errors that mean "the input is wrong", reported in one line rather than a traceback.
-EXPECTED_ERRORS = (ValueError, TypeError, OSError)
+#: Errors that mean "the input is wrong", reported in one line rather than a traceback
+#: (FloatingPointError covers :class:`invsolve.samplers.DivergenceError`).
+EXPECTED_ERRORS = (ValueError, TypeError, OSError, FloatingPointError, MemoryError)
 USAGE_ERROR = 2
+#: What to change when memory runs out.
+MEMORY_HINT = "out of memory; use a smaller image (--size), fewer samples or another device"
 
 
 class OneLineParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose usage errors are a single line on stderr (exit status 2)."""
 
     def error(self, message: str) -> None:
-        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        self.exit(USAGE_ERROR, f"invsolve: error: {message} (see '{self.prog} --help')\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,13 +57,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except EXPECTED_ERRORS as err:
-        if args.debug:
-            traceback.print_exc()
-        print(f"invsolve: error: {_one_line(err)}", file=sys.stderr)
-        return USAGE_ERROR
+        return _report(err, args.debug, MEMORY_HINT if isinstance(err, MemoryError) else "")
+    except RuntimeError as err:
+        if not _out_of_memory(err):
+            raise
+        return _report(err, args.debug, MEMORY_HINT)
     except KeyboardInterrupt:
         print("invsolve: interrupted", file=sys.stderr)
         return 130
+
+
+def _report(err: BaseException, debug: bool, hint: str) -> int:
+    if debug:
+        traceback.print_exc()
+    message = f"{hint}: {_one_line(err)}" if hint else _one_line(err)
+    print(f"invsolve: error: {message}", file=sys.stderr)
+    return USAGE_ERROR
+
+
+def _out_of_memory(err: RuntimeError) -> bool:
+    """Whether ``err`` is torch's allocator failing (CPU ``can't allocate memory`` or CUDA out of memory)."""
+    text = str(err)
+    return "can't allocate memory" in text or "out of memory" in text.lower()
 
 
 def _one_line(err: BaseException) -> str:

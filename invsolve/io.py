@@ -7,6 +7,7 @@ back to ``round((x + 1) * 127.5)``, so a uint8 image survives a round trip exact
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -75,6 +76,11 @@ def load_image(
             image.load()
     except UnidentifiedImageError:
         raise ValueError(f"{str(path)!r} is not an image file PIL can read") from None
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"{str(path)!r} is too large to decode safely: {err}") from None
+    except (OSError, SyntaxError, EOFError) as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise ValueError(f"{str(path)!r} cannot be decoded (truncated or corrupt?): {reason}") from None
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         pixels = _wide_grayscale(image, size)
         return to_model_range(pixels if mode == "L" else pixels.expand(3, -1, -1))[None]
@@ -86,6 +92,20 @@ def load_image(
     return to_model_range(torch.from_numpy(array.copy()).permute(2, 0, 1))[None]
 
 
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(H, W)`` of an image file, read from its header without decoding the pixels."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no image file at {str(path)!r}")
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except UnidentifiedImageError:
+        raise ValueError(f"{str(path)!r} is not an image file PIL can read") from None
+    except (OSError, SyntaxError, EOFError) as err:
+        raise ValueError(f"{str(path)!r} cannot be read: {' '.join(str(err).split())}") from None
+
+
 def save_image(x: Tensor, path: str | Path) -> Path:
     """Write ``x`` of shape ``(C, H, W)`` or ``(1, C, H, W)`` in [-1, 1] as an 8-bit PNG.
 
@@ -94,8 +114,23 @@ def save_image(x: Tensor, path: str | Path) -> Path:
     """
     pixels = _as_chw(x)
     path = prepare_output(path)
-    _to_pil(pixels).save(path, format="PNG")
+    temporary = temporary_path(path)
+    try:
+        _to_pil(pixels).save(temporary, format="PNG")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
     return path
+
+
+def temporary_path(path: str | Path) -> Path:
+    """Where ``path`` is written before it is renamed into place: ``.NAME.tmp`` beside it.
+
+    Writing there first and renaming (atomic on one file system) means an interrupted
+    write never leaves a half-written file under the final name.
+    """
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp")
 
 
 def side_by_side(images: Sequence[Tensor], path: str | Path) -> Path:
@@ -120,13 +155,38 @@ def side_by_side(images: Sequence[Tensor], path: str | Path) -> Path:
 
 
 def check_output_path(path: str | Path) -> Path:
-    """Check that ``path`` names a ``.png`` file (not an existing folder); creates nothing."""
+    """Check that ``path`` names a ``.png`` file that can be written; creates nothing.
+
+    Refused: another suffix, an existing folder, a read-only existing file, and a
+    path whose folder cannot be made or written (see :func:`check_writable_folder`).
+    """
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"output {str(path)!r} must be a .png file (images are written as lossless PNG)")
     if path.is_dir():
         raise ValueError(f"output {str(path)!r} is a folder; name a .png file")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"output {str(path)!r} exists and is read-only")
+    check_writable_folder(path.parent, f"output {str(path)!r}")
     return path
+
+
+def check_writable_folder(folder: str | Path, what: str | None = None) -> Path:
+    """Check that ``folder`` is, or can be made, a writable folder; creates nothing.
+
+    The nearest existing ancestor decides: it must be a folder (not a file) that this
+    process may write, so problems show up before any work rather than after it.
+    """
+    folder = Path(folder)
+    what = what or f"folder {str(folder)!r}"
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"cannot write {what}: {str(existing)!r} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {what}: the folder {str(existing)!r} is not writable")
+    return folder
 
 
 def prepare_output(path: str | Path) -> Path:

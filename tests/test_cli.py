@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import os
 import re
 import runpy
 import subprocess
@@ -161,22 +162,117 @@ BAD_INPUTS = {
     "wrong measurement shape": ([], ["--measurement", "SMALL"], "does not match"),
     "not a png output": ([], ["--output", "out.jpg"], r"\.png"),
     "missing option": ([], ["--operator"], "expected one argument"),
+    "nan noise": ([], ["--noise-sigma", "nan"], "--noise-sigma: must be a finite number >= 0"),
+    "inf noise with a measurement": ([], ["--measurement", "SAME", "--noise-sigma", "inf"], "must be a finite number"),
+    "nan method argument": ([], ["--method-arg", "step_size=nan"], "step_size must be a finite number, got nan"),
+    "negative method argument": ([], ["--method-arg", "step_size=-1"], "step_size must be >= 0, got -1"),
+    "boolean method argument": ([], ["--method-arg", "step_size=true"], "step_size must be a number or None, got True"),
+    "text method argument": ([], ["--method-arg", "step_size=abc"], "step_size must be a number or None, got 'abc'"),
+    "huge step count": ([], ["--steps", "99999999999999999999"], "--steps: must be between 1 and 100000"),
+    "fractional step count": ([], ["--steps", "2.7"], "--steps: expected a whole number, got '2.7'"),
+    "fractional sample count": ([], ["--num-samples", "2.5"], "--num-samples: expected a whole number"),
+    "huge size": ([], ["--size", "20000"], r"1x3x20000x20000 .* needs an estimated [0-9.]+ GiB .* free"),
+    "std of one sample": ([], ["--std"], "--std needs --num-samples K with K >= 2"),
+    "output under a file": ([], ["--output", "FILE/out.png"], "is a file, not a folder"),
+    "truncated input image": (["TRUNCATED"], [], "truncated.png' cannot be decoded"),
+    "diverging method": ([], ["--method-arg", "step_size=1e30"], r"dps diverged: .* at step \d+ \(sigma"),
+    "kernel too large": ([], ["--operator", "uniform_blur", "--operator-arg", "size=100001"], "100001"),
 }
 
 
-@pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_inputs_give_one_line_and_a_nonzero_status(case, prior_dir, clean_png, tmp_path, capsys):
-    inputs, extra, message = BAD_INPUTS[case]
+@pytest.fixture
+def bad_files(tmp_path, clean_png):
+    """Stand-ins for the markers of BAD_INPUTS: an 8 x 8 image, a copy of the input, a file, a truncated PNG."""
     small = tmp_path / "small.png"
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(small)
-    extra = [str(small) if e == "SMALL" else e for e in extra]
+    (tmp_path / "file").write_text("not a folder")
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(clean_png.read_bytes()[:-40])
+    return {"SMALL": str(small), "SAME": str(clean_png), "FILE/out.png": str(tmp_path / "file" / "out.png"),
+            "TRUNCATED": str(truncated)}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_inputs_give_one_line_and_a_nonzero_status(case, prior_dir, clean_png, tmp_path, capsys, bad_files):
+    inputs, extra, message = BAD_INPUTS[case]
+    extra = [bad_files.get(e, e) for e in extra]
+    inputs = [bad_files.get(str(i), i) for i in inputs]
     args = restore_args(inputs or [clean_png], prior_dir, tmp_path / "out.png", "--quiet", *extra)
+    if "--operator" in extra:  # another operator: drop the default one's argument
+        args.remove("kernel_size=5")
+        args.pop(args.index("--operator-arg"))
     status = main(args)
     err = capsys.readouterr().err
     assert status == 2
-    assert len(err.strip().splitlines()) == 1, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("invsolve: error: "), err
     assert re.search(message, err), err
     assert not (tmp_path / "out.png").exists()
+    assert not list(tmp_path.glob("out.*.png"))
+
+
+def test_matrix_operator_with_a_number_gives_one_line(prior_dir, clean_png, tmp_path, capsys):
+    args = ["restore", str(clean_png), "--operator", "matrix", "--operator-arg", "A=3", "--prior", str(prior_dir),
+            "--output", str(tmp_path / "out.png"), "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "2-D matrix" in err, err
+
+
+def test_on_nan_warn_writes_the_last_finite_state(prior_dir, clean_png, tmp_path, capsys):
+    out = tmp_path / "out.png"
+    args = restore_args([clean_png], prior_dir, out, "--quiet", "--method-arg", "step_size=1e30", "--on-nan", "warn")
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        assert main(args) == 0
+    assert "note: dps diverged (--on-nan warn)" in capsys.readouterr().out
+    assert png(out).shape == (SIZE, SIZE, 3)
+
+
+def test_restore_prints_the_psnr_of_the_clamped_image_it_writes(prior_dir, clean_png, tmp_path, capsys, monkeypatch):
+    """A restoration far outside [-1, 1] is clamped before it is written and scored, as evaluate scores it."""
+    from invsolve.commands import restore as restore_command
+    from invsolve.metrics import psnr
+    from invsolve.result import Result
+
+    def overshooting_solve(y, *args, **kwargs):
+        samples = torch.full((1, *y.shape), 3.0)
+        samples[..., : SIZE // 2, :] = -5.0
+        return Result(samples=samples, nfe=0, operator_calls=0, seconds=0.0, method="dps", options={"steps": 1})
+
+    monkeypatch.setattr(restore_command, "solve", overshooting_solve)
+    assert main(restore_args([clean_png], prior_dir, tmp_path / "out.png", "--quiet")) == 0
+    printed = float(re.search(r"PSNR (-?[0-9.]+) dB", capsys.readouterr().out).group(1))
+    written = load_image(tmp_path / "out.png")
+    assert torch.equal(written, torch.cat([-torch.ones(1, 3, SIZE // 2, SIZE), torch.ones(1, 3, SIZE // 2, SIZE)], 2))
+    assert printed == pytest.approx(psnr(written, load_image(clean_png)).item(), abs=0.006)  # printed to 0.01 dB
+
+
+def test_std_map_is_the_spread_of_the_samples(prior_dir, clean_png, tmp_path, capsys):
+    out = tmp_path / "out.png"
+    assert main(restore_args([clean_png], prior_dir, out, "--quiet", "--num-samples", "3", "--std")) == 0
+    printed = capsys.readouterr().out
+    scale = float(re.search(r"out\.std\.png: per-pixel std of the 3 samples, white = ([0-9.e-]+) on the", printed).group(1))
+    assert "out.std.png" in printed.splitlines()[-1]
+    samples = torch.stack([load_image(tmp_path / f"out.sample{k}.png")[0] for k in range(3)]).double()
+    expected = samples.std(dim=0).pow(2).mean(dim=0).sqrt()  # unbiased std per channel, RMS over channels
+    shown = torch.from_numpy(png(tmp_path / "out.std.png").astype(np.float64)) / 255 * scale
+    assert shown.shape == (SIZE, SIZE) and scale > 0.01
+    # The map is computed from the float samples; the sample PNGs and the map are 8-bit.
+    assert (shown - expected).abs().max() <= 2 / 127.5 + scale / 255
+    assert expected.max() == pytest.approx(scale, abs=2 / 127.5)
+
+
+def test_output_checks_come_before_any_work(prior_dir, clean_png, tmp_path, capsys, monkeypatch):
+    """A read-only folder is refused before the prior is loaded (os.access decides; root may write anywhere)."""
+    import invsolve.io
+    import priors
+
+    monkeypatch.setattr(priors, "load_prior", lambda *a, **k: pytest.fail("loaded the prior before refusing"))
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(invsolve.io.os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))
+    assert main(restore_args([clean_png], prior_dir, locked / "sub" / "out.png", "--quiet")) == 2
+    assert "is not writable" in capsys.readouterr().err
 
 
 def test_debug_shows_the_traceback(prior_dir, tmp_path, capsys):

@@ -1,4 +1,7 @@
-"""Image I/O: exact uint8 round trips, mode conversions, crop/resize, clamping."""
+"""Image I/O: exact uint8 round trips, mode conversions, crop/resize, clamping, safe output paths."""
+
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,7 +10,9 @@ from PIL import Image
 
 from invsolve.io import (
     STRIP_GAP,
+    check_output_path,
     from_model_range,
+    image_size,
     load_image,
     prepare_output,
     save_image,
@@ -181,3 +186,56 @@ def test_load_image_errors(tmp_path):
     Image.fromarray(random_uint8((2, 2, 3))).save(tmp_path / "ok.png")
     with pytest.raises(ValueError, match="mode"):
         load_image(tmp_path / "ok.png", mode="CMYK")
+
+
+def test_truncated_or_corrupt_images_name_the_file(tmp_path):
+    Image.fromarray(random_uint8((16, 16, 3))).save(tmp_path / "whole.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "whole.png").read_bytes()[:-40])
+    with pytest.raises(ValueError, match=r"cut.png' cannot be decoded \(truncated or corrupt\?\)"):
+        load_image(tmp_path / "cut.png")
+    assert image_size(tmp_path / "whole.png") == (16, 16)
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(ValueError, match="text.png' is not an image file"):
+        image_size(tmp_path / "text.png")
+
+
+def test_a_failed_write_leaves_the_previous_file_and_no_partial_one(tmp_path, monkeypatch):
+    """PNGs go to a temporary name and are renamed into place, so an interrupted write never
+    leaves a half-written file under the final name."""
+    import invsolve.io as io_module
+
+    path = tmp_path / "out.png"
+    save_image(torch.zeros(1, 3, 4, 4), path)
+    before = path.read_bytes()
+
+    class Interrupted:
+        def save(self, target, format):
+            with open(target, "wb") as file:
+                file.write(b"\x89PNG half")
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(io_module, "_to_pil", lambda pixels: Interrupted())
+    with pytest.raises(KeyboardInterrupt):
+        save_image(torch.ones(1, 3, 4, 4), path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+
+
+def test_output_paths_are_checked_before_anything_is_written(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        check_output_path(tmp_path / "file" / "deeper" / "out.png")
+    read_only = tmp_path / "read_only.png"
+    read_only.write_bytes(b"")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    import invsolve.io as io_module
+
+    real_access = os.access
+    denied = {read_only, locked}
+    monkeypatch.setattr(io_module.os, "access", lambda p, mode: Path(p) not in denied and real_access(p, mode))
+    with pytest.raises(ValueError, match="exists and is read-only"):
+        check_output_path(read_only)
+    with pytest.raises(ValueError, match="folder .*locked' is not writable"):
+        check_output_path(locked / "new" / "out.png")
+    assert not (locked / "new").exists()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -43,6 +44,33 @@ def parse_key_values(items: Iterable[str], option: str) -> dict[str, Any]:
     return parsed
 
 
+def noise_level(text: str) -> float:
+    """argparse type of ``--noise-sigma``: a finite number >= 0 (``nan`` and ``inf`` are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 (a std on the [-1, 1] scale), got {text!r}")
+    return value
+
+
+def whole_number(least: int, most: int | None = None) -> Callable[[str], int]:
+    """argparse type of a count such as ``--steps``: a whole number in ``[least, most]``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < least or (most is not None and value > most):
+            bound = f"between {least} and {most}" if most is not None else f">= {least}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    return parse
+
+
 def resolve_device(name: str | None) -> torch.device:
     """``None`` → CUDA when available, else CPU; otherwise the named device, checked."""
     if name is None:
@@ -74,6 +102,6 @@ def add_task_arguments(parser: argparse.ArgumentParser, preset_note: str) -> Non
         help="operator argument, repeatable (values parse as int, float, true/false, else text); not with --preset",
     )
     parser.add_argument(
-        "--noise-sigma", type=float, default=None,
+        "--noise-sigma", type=noise_level, default=None,
         help="measurement noise std on the [-1, 1] scale (default 0.05, or the preset's; given, it overrides the preset's)",
     )

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from invsolve.commands._arguments import parse_key_values, resolve_device
+from invsolve.commands._arguments import parse_key_values, resolve_device, whole_number
+from invsolve.validation import MAX_STEPS
 
 DEMO_IMAGE = "chelsea-128.png"
 DEMO_PRIOR = "natural-64"
@@ -45,9 +46,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--method", default=DEFAULT_METHOD, help=f"sampling method (default {DEFAULT_METHOD})")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"sampler steps (default {DEFAULT_STEPS})")
     parser.add_argument(
-        "--samples", type=int, default=DEFAULT_SAMPLES,
+        "--steps", type=whole_number(1, MAX_STEPS), default=DEFAULT_STEPS, help=f"sampler steps (default {DEFAULT_STEPS})"
+    )
+    parser.add_argument(
+        "--samples", type=whole_number(1), default=DEFAULT_SAMPLES,
         help=f"posterior samples drawn as one batch; the restoration is their mean (default {DEFAULT_SAMPLES})",
     )
     parser.add_argument(
@@ -75,16 +78,15 @@ def run(args: argparse.Namespace) -> int:
     import operators
     from invsolve import io, methods, solve
     from invsolve.metrics import psnr, ssim
+    from invsolve.samplers import registered
+    from invsolve.validation import check_method_options
     from priors import load_prior
     from priors.clipped import ClippedPrior
 
     if args.method not in methods():
         raise ValueError(f"unknown method {args.method!r}; known methods: {', '.join(sorted(methods()))}")
-    if args.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    if args.samples < 1:
-        raise ValueError(f"--samples must be >= 1, got {args.samples}")
     options = {**TUNED_OPTIONS.get(args.method, {}), **parse_key_values(args.method_arg, "--method-arg")}
+    options = check_method_options(registered()[args.method], options)
     output = io.check_output_path(args.output)
     device = resolve_device(args.device)
 

@@ -2,6 +2,7 @@
 
 Either simulate the measurement from a clean image (``INPUT``) or take an already
 degraded one (``--measurement FILE``), then sample a restoration with ``solve()``.
+Every output path is checked before any work, and nothing non-finite is written.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import operators
 import priors
 from operators.base import Operator
 from invsolve import io
-from invsolve.api import methods, solve
-from invsolve.commands._arguments import add_task_arguments, parse_key_values, resolve_device
+from invsolve.api import ON_NAN, methods, solve
+from invsolve.commands._arguments import add_task_arguments, parse_key_values, resolve_device, whole_number
 from invsolve.metrics import psnr
+from invsolve.resources import check_working_set
 from invsolve.result import Result
-from invsolve.validation import infer_x_shape
+from invsolve.samplers import registered
+from invsolve.validation import MAX_STEPS, check_method_options, infer_x_shape
 
 #: The simulated measurement noise uses ``seed + MEASUREMENT_SEED_OFFSET`` so that it
 #: is independent of the sampler's noise, which uses ``seed``.
@@ -50,23 +53,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--method-arg", action="append", default=[], metavar="KEY=VALUE",
         help="method hyperparameter, repeatable (e.g. step_size=0.5)",
     )
-    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the method's paper value)")
+    parser.add_argument(
+        "--steps", type=whole_number(1, MAX_STEPS), default=None, help="sampler steps (default: the method's paper value)"
+    )
     parser.add_argument(
         "--seed", type=int, default=0,
         help=f"seed of the sampler (the simulated noise uses seed + {MEASUREMENT_SEED_OFFSET}); default 0",
     )
     parser.add_argument(
-        "--num-samples", type=int, default=1,
+        "--num-samples", type=whole_number(1), default=1,
         help="posterior samples; with more than one, OUT is their mean and OUT.sampleK.png each sample",
     )
     parser.add_argument(
-        "--size", type=int, default=None, metavar="S",
+        "--std", action="store_true",
+        help="with --num-samples K >= 2, also write OUT.std.png: the per-pixel standard deviation of the samples",
+    )
+    parser.add_argument(
+        "--size", type=whole_number(1), default=None, metavar="S",
         help="centre-crop and resize INPUT to S x S (default: keep its size; fixed-size priors are tiled)",
     )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--measurement", metavar="FILE", help="an already degraded image to restore")
     parser.add_argument("--output", "-o", required=True, metavar="OUT.png", help="where to write the restoration")
     parser.add_argument("--compare", action="store_true", help="also write OUT.compare.png: clean | measured | restored")
+    parser.add_argument(
+        "--on-nan", choices=ON_NAN, default="raise",
+        help="when the samples become NaN or infinite: stop with an error (raise, default) or write the "
+        "last finite state with a warning (warn)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -76,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     known_methods = methods()
     if args.method not in known_methods:
         raise ValueError(f"unknown method {args.method!r}; known methods: {', '.join(sorted(known_methods))}")
-    method_options = parse_key_values(args.method_arg, "--method-arg")
+    method_options = check_method_options(registered()[args.method], parse_key_values(args.method_arg, "--method-arg"))
     operator, args.noise_sigma = _operator_and_noise(args)
     device = resolve_device(args.device)
 
@@ -86,6 +100,11 @@ def run(args: argparse.Namespace) -> int:
     clean = None
     if args.input:
         size = None if args.size is None else (args.size, args.size)
+        height, width = size or io.image_size(args.input)
+        check_working_set(
+            (1, 3 if mode == "RGB" else 1, height, width), args.num_samples, device,
+            "use a smaller --size (or a smaller image) or fewer --num-samples", prior,
+        )
         clean = io.load_image(args.input, size=size, mode=mode).to(device)
     y = _measurement(args, operator, clean, mode, device)
     try:
@@ -97,12 +116,16 @@ def run(args: argparse.Namespace) -> int:
     result = solve(
         y, operator, prior, method=args.method, steps=args.steps, seed=args.seed,
         num_samples=args.num_samples, noise_sigma=args.noise_sigma, progress=not args.quiet,
-        x_shape=x_shape, **method_options,
+        x_shape=x_shape, on_nan=args.on_nan, **method_options,
     )
+    if not bool(torch.isfinite(result.samples).all()):
+        raise FloatingPointError(f"{result.method} diverged at its first step: there is no finite state to write")
+    if result.diverged:
+        notes.append(f"{result.method} diverged (--on-nan warn): the outputs hold its last finite state")
     if "tiling" in result.options:
         height, width = result.options["tiling"]["tile"]
         notes.append(f"the prior is fixed at {height}x{width}; the image was restored in overlapping tiles")
-    restored = result.mean if args.num_samples > 1 else result.image
+    restored = (result.mean if args.num_samples > 1 else result.image).clamp(-1, 1)
     written = [io.save_image(restored, args.output)]
     if not args.measurement:
         if _is_image(operator, y):
@@ -112,6 +135,13 @@ def run(args: argparse.Namespace) -> int:
     if args.num_samples > 1:
         for k, sample in enumerate(result.samples):
             written.append(io.save_image(sample, io.sibling_path(args.output, f"sample{k}")))
+    if args.std:
+        path, scale = _write_std_map(result.samples, io.sibling_path(args.output, "std"))
+        written.append(path)
+        notes.append(
+            f"{path}: per-pixel std of the {args.num_samples} samples, white = {scale:.4g} on the [-1, 1] scale"
+            + (" (all samples are equal)" if scale == 0 else "")
+        )
     if args.compare:
         panels = [image for image in (clean, y if _is_image(operator, y) else None, restored) if image is not None]
         written.append(io.side_by_side(panels, io.sibling_path(args.output, "compare")))
@@ -120,6 +150,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     print(_summary(result, restored, clean, y, written))
     return 0
+
+
+def _write_std_map(samples: Tensor, path: Path) -> tuple[Path, float]:
+    """Write the per-pixel posterior standard deviation of ``samples`` ``(K, 1, C, H, W)`` as a grayscale PNG.
+
+    Each pixel is the root mean square over channels of the unbiased (``K - 1``)
+    standard deviation of the K samples, clamped to [-1, 1] as their PNGs are;
+    it is scaled so that the largest value is white.  Returns the path and that scale.
+    """
+    spread = samples.detach().float().clamp(-1, 1).std(dim=0)
+    per_pixel = spread.pow(2).mean(dim=1, keepdim=True).sqrt()[0]
+    scale = float(per_pixel.max())
+    shown = per_pixel / scale if scale > 0 else per_pixel
+    return io.save_image(2 * shown - 1, path), scale
 
 
 def _operator_and_noise(args: argparse.Namespace) -> tuple[Operator, float]:
@@ -151,17 +195,19 @@ def _check_arguments(args: argparse.Namespace) -> None:
             raise FileNotFoundError(f"no image file at {path!r}")
     if args.size is not None and args.input is None:
         raise ValueError("--size resizes INPUT; a --measurement image is used at its own size")
-    if args.size is not None and args.size < 1:
-        raise ValueError(f"--size must be >= 1, got {args.size}")
     if args.preset is not None and args.operator_arg:
         raise ValueError("--preset fixes the operator's arguments; leave out --operator-arg (or use --operator)")
-    if args.noise_sigma is not None and args.noise_sigma < 0:
-        raise ValueError(f"--noise-sigma must be >= 0, got {args.noise_sigma}")
-    if args.num_samples < 1:
-        raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
-    if args.steps is not None and args.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    io.check_output_path(args.output)
+    if args.std and args.num_samples < 2:
+        raise ValueError("--std needs --num-samples K with K >= 2 (the standard deviation of the samples)")
+    for path in _output_paths(args):
+        io.check_output_path(path)
+
+
+def _output_paths(args: argparse.Namespace) -> list[Path]:
+    """Every file the command may write: OUT and its siblings."""
+    tags = ["measurement"] * (not args.measurement) + ["compare"] * args.compare + ["std"] * args.std
+    tags += [f"sample{k}" for k in range(args.num_samples if args.num_samples > 1 else 0)]
+    return [Path(args.output), *(io.sibling_path(args.output, tag) for tag in tags)]
 
 
 def _task(args: argparse.Namespace) -> str:
@@ -178,8 +224,9 @@ def _is_image(operator: object, y: Tensor) -> bool:
 def _summary(result: Result, restored: Tensor, clean: Tensor | None, y: Tensor, written: list[Path]) -> str:
     parts = [f"{result.method}, {result.options['steps']} steps, NFE {result.nfe:g}, {result.seconds:.2f} s"]
     if clean is not None:
-        quality = f"PSNR {psnr(restored.float().cpu(), clean.float().cpu()).item():.2f} dB"
+        reference = clean.float().cpu()
+        quality = f"PSNR {psnr(restored.float().cpu(), reference).item():.2f} dB"
         if y.shape == clean.shape:
-            quality += f" (measurement {psnr(y.float().cpu(), clean.float().cpu()).item():.2f} dB)"
+            quality += f" (measurement {psnr(y.float().cpu().clamp(-1, 1), reference).item():.2f} dB)"
         parts.append(quality)
     return "restored: " + ", ".join(parts) + "; wrote " + ", ".join(str(path) for path in written)
