@@ -23,6 +23,8 @@ from invsolve.io import load_image
 from tiny_priors import save_tiny_pixel_prior
 
 SIZE, STEPS, BOX, NOISE = 16, 3, 8, 0.05
+#: Agreement of scores between runs with other process or thread counts (float32 samplers, float64 metrics).
+PSNR_TOLERANCE_DB, SSIM_TOLERANCE = 1e-4, 1e-5
 IMAGES = ["gray photo.jpg", "smooth.png", "sub/alpha.png"]
 METHODS = ["no-learning", "dps", "ddnm"]
 original_solve, original_no_learning = work.solve, work.no_learning
@@ -108,7 +110,7 @@ def test_first_run_writes_every_artefact(reference_out, data_dir):
         assert float(row["ssim"]) == pytest.approx(expected_ssim, abs=0.01)
 
     summary = json.loads((reference_out / "summary.json").read_text())
-    assert summary["images"] == {"listed": 4, "evaluated": 3, "errors": 1}
+    assert summary["images"] == {"listed": 4, "evaluated": 3, "errors": 1, "failed_runs": 0}
     assert list(summary["methods"]) == METHODS
     for method, stats in summary["methods"].items():
         values = [float(r["psnr"]) for r in rows if r["method"] == method]
@@ -230,7 +232,9 @@ def test_two_accelerate_processes_give_the_rows_of_one(
     reference_out, data_dir, prior_dir, offline_torch_home, tmp_path
 ):
     """accelerate 1.15 starts several CPU processes only through its torchrun launcher (--multi_gpu);
-    CUDA is hidden and ACCELERATE_USE_CPU makes them talk through gloo."""
+    CUDA is hidden and ACCELERATE_USE_CPU makes them talk through gloo.  Other processes and thread
+    counts reorder float reductions, so scores agree within float noise: PSNR within 1e-4 dB and
+    SSIM within 1e-5 (absolute), not bit for bit."""
     out = tmp_path / "out"
     env = {
         **os.environ, "TORCH_HOME": str(offline_torch_home), "CUDA_VISIBLE_DEVICES": "", "ACCELERATE_USE_CPU": "1",
@@ -250,8 +254,8 @@ def test_two_accelerate_processes_give_the_rows_of_one(
     assert ours.keys() == reference.keys()
     for pair, (name, psnr, ssim, lpips, nfe) in ours.items():
         assert (name, lpips, nfe) == (reference[pair][0], reference[pair][3], reference[pair][4])
-        assert float(psnr) == pytest.approx(float(reference[pair][1]), rel=1e-6)
-        assert float(ssim) == pytest.approx(float(reference[pair][2]), rel=1e-6, abs=1e-9)
+        assert float(psnr) == pytest.approx(float(reference[pair][1]), rel=0, abs=PSNR_TOLERANCE_DB)
+        assert float(ssim) == pytest.approx(float(reference[pair][2]), rel=0, abs=SSIM_TOLERANCE)
     assert not list(out.glob("*.rank*.csv"))
     assert [r["image"] for r in read_csv(out / "errors.csv")] == ["broken.png"]
     assert json.loads((out / "summary.json").read_text())["processes"] == 2

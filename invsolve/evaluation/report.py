@@ -64,7 +64,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
         "# invsolve evaluation",
         "",
         f"- data: `{settings['data_dir']}`, {summary['images']['evaluated']} images evaluated, "
-        f"{summary['images']['errors']} unreadable (see errors.csv)",
+        f"{summary['images']['errors']} unreadable, {summary['images'].get('failed_runs', 0)} diverged runs "
+        "(see errors.csv; a rerun tries them again)",
         f"- operator: `{settings['operator']}` {settings['operator_args'] or ''}, "
         f"noise sigma {settings['noise_sigma']} on [-1, 1]",
         f"- prior: `{settings['prior']}`; images {settings['size'][0]}×{settings['size'][1]}; "

@@ -15,10 +15,12 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from invsolve.io import temporary_path
+
 #: Columns of ``metrics.csv``; metrics that were not computed (or are unavailable) are empty.
 METRIC_COLUMNS = ("image", "name", "method", "psnr", "ssim", "lpips", "nfe", "seconds", "peak_memory_mib")
-#: Columns of ``errors.csv``.
-ERROR_COLUMNS = ("image", "error")
+#: Columns of ``errors.csv``: an unreadable image (``method`` empty) or a failed (image, method) run.
+ERROR_COLUMNS = ("image", "method", "error")
 
 
 def format_value(value: Any) -> str:
@@ -99,7 +101,7 @@ class CsvLog:
 def write_rows(path: Path, columns: tuple[str, ...], rows: Iterable[dict[str, Any]]) -> None:
     """Replace ``path`` by ``rows`` atomically (write a temporary file, then rename)."""
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
+    temporary = temporary_path(path)
     with open(temporary, "w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file, lineterminator="\n")
         writer.writerow(columns)

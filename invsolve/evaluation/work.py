@@ -30,7 +30,9 @@ class ImageEvaluator:
     seeded by the image's key and ``seed`` (:func:`dataset.image_seed`), so every
     method, rerun and process sees the same ``y``; the samplers get their own seed
     from the same key.  Restorations are clamped to [-1, 1] and scored against the
-    ground truth on the [0, 1] scale.  With a per-image ``preset`` (random masks of
+    ground truth on the [0, 1] scale; a restoration with NaN or infinite values raises
+    ``FloatingPointError`` (a diverged solve raises its ``DivergenceError``) before
+    anything is written.  With a per-image ``preset`` (random masks of
     the benchmarks) each image gets its own operator, built from the seed
     ``image_seed(key, seed, "operator")``; otherwise every image uses ``operator``.
     """
@@ -65,12 +67,12 @@ class ImageEvaluator:
     def measure(self, entry: ImageEntry, x: Tensor) -> Tensor:
         """The seeded measurement of ``x``; writes ``x`` to ``OUT/ground_truth`` and, when it is an
         image, the measurement to ``OUT/measurement``."""
-        io.save_image(x, self.layout.ground_truth(entry.name))
+        io.save_image(x, self.layout.claim(self.layout.ground_truth(entry.name)))
         generator = torch.Generator().manual_seed(image_seed(entry.key, self.seed, "measurement"))
         operator = self.operator_for(entry)
         y = operator.measure(x, self.noise_sigma, generator=generator)
         if is_image(y) and getattr(operator, "output_in_image_range", False):
-            io.save_image(y, self.layout.measurement(entry.name))
+            io.save_image(y, self.layout.claim(self.layout.measurement(entry.name)))
         return y
 
     def restore(self, entry: ImageEntry, x: Tensor, y: Tensor, method: str) -> dict[str, Any] | None:
@@ -90,8 +92,11 @@ class ImageEvaluator:
                 progress=self.progress, x_shape=tuple(x.shape),
             )
             restored, seconds, nfe = result.image, result.seconds, float(result.nfe)
-        restored = restored.detach().float().cpu().clamp(-1, 1)
-        io.save_image(restored, self.layout.restoration(method, entry.name))
+        restored = restored.detach().float().cpu()
+        if not bool(torch.isfinite(restored).all()):
+            raise FloatingPointError(f"{method} returned NaN or infinite values")
+        restored = restored.clamp(-1, 1)
+        io.save_image(restored, self.layout.claim(self.layout.restoration(method, entry.name)))
         return {
             "image": entry.key, "name": entry.name, "method": method, **self.score(restored, x),
             "nfe": nfe, "seconds": seconds, "peak_memory_mib": peak_memory_mib(self.device),
