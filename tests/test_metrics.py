@@ -105,7 +105,7 @@ def test_lpips_loads_backbone_from_the_hub_cache_and_bundled_heads(hub_dir):
     assert torch.allclose(metric(b, b), torch.zeros(2), atol=1e-7)
     forward, backward = metric(a, b), metric(b, a)
     assert forward.shape == (2,) and (forward > 0).all()
-    assert torch.allclose(forward, backward, rtol=1e-5)
+    assert torch.allclose(forward, backward, rtol=1e-4)  # float32 network outputs
 
 
 def test_lpips_with_a_corrupt_backbone_file_is_unavailable_not_a_crash(hub_dir):
