@@ -7,9 +7,10 @@ import logging
 import sys
 
 import operators
-from invsolve.commands._arguments import add_task_arguments, parse_key_values
+from invsolve.commands._arguments import add_task_arguments, parse_key_values, whole_number
 from invsolve.evaluation import EvaluationSettings, evaluate_folder
-from invsolve.evaluation.runner import METRICS
+from invsolve.evaluation.settings import METRICS
+from invsolve.validation import MAX_STEPS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,8 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Simulate y = A(x) + noise for every image of DATA_DIR (seeded by its file name and --seed), "
             "restore it with each method and a no-learning baseline, and write under OUT: the restorations, "
             "metrics.csv (PSNR, SSIM, LPIPS, NFE, seconds per image and method), errors.csv, summary.json, "
-            "summary.md and grid.png. A rerun skips finished pairs. 'accelerate launch -m invsolve evaluate ...' "
-            "splits the images across processes."
+            "summary.md and grid.png. A rerun skips finished pairs. One run at a time may write OUT, which must "
+            "lie outside DATA_DIR; invsolve-manifest.txt lists what it wrote. 'accelerate launch -m invsolve "
+            "evaluate ...' splits the images across processes."
         ),
     )
     parser.add_argument("data_dir", metavar="DATA_DIR", help="folder of PNG / JPEG images (searched recursively)")
@@ -35,25 +37,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", required=True, metavar="OUT", help="output folder; nothing is written outside it")
     parser.add_argument(
-        "--size", type=int, default=None, metavar="S",
+        "--size", type=whole_number(1), default=None, metavar="S",
         help="centre-crop and resize to S x S (default: the prior's size, else 256)",
     )
-    parser.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N images (sorted by path)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the measurements and samplers (default 0)")
     parser.add_argument(
-        "--steps", type=int, default=None, help="sampler steps for every method (default: each method's paper value)"
+        "--limit", type=whole_number(1), default=None, metavar="N", help="only the first N images (sorted by path)"
+    )
+    parser.add_argument(
+        "--seed", type=whole_number(0, 2**64 - 1), default=0, help="seed of the measurements and samplers (default 0)"
+    )
+    parser.add_argument(
+        "--steps", type=whole_number(1, MAX_STEPS), default=None,
+        help="sampler steps for every method (default: each method's paper value)",
     )
     parser.add_argument(
         "--metrics", default=",".join(METRICS), metavar="LIST",
         help=f"comma-separated subset of {','.join(METRICS)} (default: all)",
     )
     parser.add_argument("--lpips-net", default="vgg", choices=("vgg", "alex"), help="LPIPS backbone (default vgg)")
-    parser.add_argument("--overwrite", action="store_true", help="discard earlier results in OUT and redo everything")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="delete the files an earlier run recorded in OUT/invsolve-manifest.txt (nothing else) and redo everything",
+    )
     parser.add_argument(
         "--device", default=None, choices=("cpu", "cuda"),
         help="device of a single process (default: CUDA when available; accelerate picks it per process)",
     )
-    parser.add_argument("--grid-rows", type=int, default=8, help="images shown in grid.png (default 8)")
+    parser.add_argument("--grid-rows", type=whole_number(1), default=8, help="images shown in grid.png (default 8)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -79,8 +89,9 @@ def run(args: argparse.Namespace) -> int:
     summary = evaluate_folder(settings)
     if summary is not None:
         images = summary["images"]
+        failed = f", {images['failed_runs']} diverged runs in errors.csv" if images["failed_runs"] else ""
         print(
-            f"evaluated {images['evaluated']} of {images['listed']} images ({images['errors']} unreadable) "
+            f"evaluated {images['evaluated']} of {images['listed']} images ({images['errors']} unreadable{failed}) "
             f"with {', '.join(summary['methods'])}; wrote {args.out}/summary.md"
         )
     return 0
