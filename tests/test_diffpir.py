@@ -162,7 +162,7 @@ def test_noise_level_is_read_on_the_papers_zero_one_scale():
 @pytest.mark.parametrize("kind, lam, zeta", [
     ("blur", 7.0, 0.3),  # main_ddpir_deblur.py: lambdas = [lambda_ * i for i in range(7, 8)], zeta * 3 (0.1 * 3)
     ("inpainting", 1.0, 1.0),  # main_ddpir_inpainting.py: lambda_ = 1., zeta = 1.0
-    ("super_resolution", 9.0, 0.25),  # main_ddpir_sisr.py: zeta 0.25, lambda swept 2..12 (README: 9 kept)
+    ("super_resolution", 4.0, 0.25),  # main_ddpir_sisr.py: zeta 0.25, lambda swept 2..12 (README: 4 kept)
     ("matrix", 7.0, 0.3),  # no script: the deblurring values
 ])
 def test_defaults_follow_the_scripts_per_operator_kind(kind, lam, zeta):
