@@ -8,8 +8,9 @@ a proximal (normal-equation) solve and, where it is cheap, an exact SVD.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -18,6 +19,41 @@ from operators.conjugate_gradient import conjugate_gradient
 from operators.svd import SVD
 
 NOISE_MODELS = ("gaussian", "poisson")
+
+
+def check_input(x: Any, what: str = "the operator") -> None:
+    """Refuse what no operator can take, with one line that says what to do.
+
+    ``x`` must be a floating-point (or complex) tensor with a non-empty batch axis:
+    integer and bool images raise ``TypeError`` (pixels must first be mapped to the
+    [-1, 1] model range), anything else that is not a tensor too, and an empty batch
+    raises ``ValueError``.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(
+            f"{what} takes a torch.Tensor, got {type(x).__name__}; convert images with "
+            "invsolve.io.to_model_range (or torch.as_tensor for other data)"
+        )
+    if not (x.is_floating_point() or x.is_complex()):
+        raise TypeError(
+            f"{what} takes floating-point tensors on the [-1, 1] model scale, got dtype {x.dtype}; "
+            "convert images with invsolve.io.to_model_range"
+        )
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise ValueError(f"{what} got an empty batch (shape {tuple(x.shape)}); pass at least one item")
+
+
+def check_noise_sigma(noise_sigma: Any) -> float:
+    """``noise_sigma`` as a finite float >= 0 (NaN and inf are refused, not silently compared)."""
+    if isinstance(noise_sigma, bool):
+        raise TypeError(f"noise_sigma must be a number, got the bool {noise_sigma!r}")
+    try:
+        value = float(noise_sigma)
+    except (TypeError, ValueError):
+        raise TypeError(f"noise_sigma must be a number, got {noise_sigma!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"noise_sigma must be a finite number >= 0, got {noise_sigma!r}")
+    return value
 
 
 class Operator(ABC):
@@ -67,6 +103,7 @@ class Operator(ABC):
         return None
 
     def __call__(self, x: Tensor) -> Tensor:
+        check_input(x, type(self).__name__)
         self.forward_calls += x.shape[0]
         return self.forward(x)
 
@@ -85,8 +122,8 @@ class Operator(ABC):
         """Simulate a noisy measurement of ``x`` (no gradient)."""
         if noise not in NOISE_MODELS:
             raise ValueError(f"unknown noise model {noise!r}; choose one of {NOISE_MODELS}")
-        if noise_sigma < 0:
-            raise ValueError(f"noise_sigma must be >= 0, got {noise_sigma}")
+        noise_sigma = check_noise_sigma(noise_sigma)
+        check_input(x, f"{type(self).__name__}.measure")
         with torch.no_grad():
             y = self.forward(x)
             if noise_sigma == 0:

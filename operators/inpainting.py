@@ -5,106 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from operators.arguments import as_float, as_int
-from operators.base import LinearOperator, _per_item
+from operators.base import LinearOperator, _per_item, check_input
+from operators.masks import MASK_KINDS, POSITIONS, _spatial, box_mask, load_mask, random_mask
 from operators.registry import register
 from operators.svd import SVD
 
-POSITIONS = ("center", "random")
-MASK_KINDS = ("box", "random")
-
-
-def _spatial(shape: tuple[int, ...]) -> tuple[int, int]:
-    if len(shape) < 2:
-        raise ValueError(f"a mask shape needs at least (H, W), got {tuple(shape)}")
-    return int(shape[-2]), int(shape[-1])
-
-
-def _need_generator(generator: torch.Generator | None, what: str) -> torch.Generator:
-    if generator is None:
-        raise ValueError(
-            f"{what} is random and needs a torch.Generator (e.g. torch.Generator().manual_seed(0)) "
-            "so that the mask is reproducible"
-        )
-    return generator
-
-
-def box_mask(
-    shape: tuple[int, ...],
-    size: int | tuple[int, int] = 128,
-    position: str = "center",
-    margin: int = 16,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """A mask of ``shape`` (``(H, W)``, ``(C, H, W)``, ...) that is 0 in a box and 1 elsewhere.
-
-    ``size`` is the box side (or ``(height, width)``).  ``position="center"``
-    centres it (top-left ``((H - h) // 2, (W - w) // 2)``); ``"random"`` draws the
-    top-left corner uniformly so that the box keeps ``margin`` pixels from every
-    edge, using ``generator``.  The same box is missing in every channel.
-    """
-    height, width = _spatial(shape)
-    box_h, box_w = (size, size) if not isinstance(size, (tuple, list)) else size
-    box_h, box_w = as_int("size", box_h, minimum=1), as_int("size", box_w, minimum=1)
-    margin = as_int("margin", margin, minimum=0)
-    if position not in POSITIONS:
-        raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
-    if position == "center":
-        if box_h > height or box_w > width:
-            raise ValueError(f"a {box_h}x{box_w} box does not fit in a {height}x{width} image")
-        top, left = (height - box_h) // 2, (width - box_w) // 2
-    else:
-        if box_h + 2 * margin > height or box_w + 2 * margin > width:
-            raise ValueError(
-                f"a {box_h}x{box_w} box with margin {margin} does not fit in a {height}x{width} image; "
-                "use a smaller size or margin"
-            )
-        generator = _need_generator(generator, "a box at a random position")
-        top = margin + int(torch.randint(height - box_h - 2 * margin + 1, (), generator=generator))
-        left = margin + int(torch.randint(width - box_w - 2 * margin + 1, (), generator=generator))
-    mask = torch.ones(height, width)
-    mask[top : top + box_h, left : left + box_w] = 0
-    return mask.expand(*shape).clone()
-
-
-def random_mask(
-    shape: tuple[int, ...], missing: float = 0.7, generator: torch.Generator | None = None
-) -> Tensor:
-    """A mask of ``shape`` with exactly ``round(missing * H * W)`` pixels missing (0), uniformly at random.
-
-    A pixel is missing in all channels (the benchmark convention of DPS / DAPS:
-    "random 70 %").  ``generator`` is required.
-    """
-    height, width = _spatial(shape)
-    missing = as_float("missing", missing, minimum=0.0, maximum=1.0)
-    generator = _need_generator(generator, "a random mask")
-    count = round(missing * height * width)
-    order = torch.randperm(height * width, generator=generator)
-    mask = torch.ones(height * width)
-    mask[order[:count]] = 0
-    return mask.reshape(height, width).expand(*shape).clone()
-
-
-def load_mask(path: str | Path, threshold: float = 0.5) -> Tensor:
-    """Read a mask image: white (>= ``threshold`` of full scale, grey level) = observed, black = missing.
-
-    Any format PIL reads; colour images are converted to grey levels first.
-    Returns an ``(H, W)`` float tensor of 0s and 1s.
-    """
-    from PIL import Image
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"mask file {str(path)!r} does not exist (white = observed, black = missing)")
-    threshold = as_float("threshold", threshold, minimum=0.0, maximum=1.0)
-    with Image.open(path) as image:
-        grey = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    return torch.from_numpy((grey >= threshold).astype(np.float32))
-
+__all__ = ["Inpainting", "MASK_KINDS", "POSITIONS", "PermutationSVD", "box_mask", "load_mask", "random_mask"]
 
 def _as_mask_tensor(mask: Tensor) -> Tensor:
     """A user mask as a 4-D ``(b, c, H, W)`` bool tensor on the CPU, checked to hold only 0s and 1s."""
@@ -258,6 +168,7 @@ class Inpainting(LinearOperator):
         return mask.repeat(batch // mask.shape[0], 1, 1, 1) if mask.shape[0] > 1 else mask
 
     def _cast(self, like: Tensor) -> Tensor:
+        check_input(like, "Inpainting")
         mask = self.mask_for(tuple(like.shape))
         key = (tuple(mask.shape), like.device, like.dtype)
         if key not in self._masks:

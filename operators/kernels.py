@@ -6,12 +6,27 @@ them to the input's dtype and device when they are applied.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from operators.arguments import as_float, as_int
+from operators.motion_kernel import draw_motion_path, render_motion_path
+
+#: The largest kernel side accepted (a 1025 x 1025 float64 kernel is 8.4 MB; the
+#: benchmarks use 61).  Checked before anything is allocated.
+MAX_KERNEL_SIZE = 1025
+
+
+def kernel_side(name: str, value: object) -> int:
+    """A kernel side as an int in ``[1, MAX_KERNEL_SIZE]``, refused before any allocation."""
+    side = as_int(name, value, minimum=1)
+    if side > MAX_KERNEL_SIZE:
+        gigabytes = side * side * 8 / 1e9
+        raise ValueError(
+            f"{name}={side} would need {gigabytes:.3g} GB for the kernel alone; "
+            f"kernel sides are limited to {MAX_KERNEL_SIZE} pixels"
+        )
+    return side
 
 
 def check_kernel(kernel: Tensor) -> Tensor:
@@ -28,77 +43,45 @@ def check_kernel(kernel: Tensor) -> Tensor:
     return kernel
 
 
-def gaussian_kernel(size: int = 61, sigma: float = 3.0) -> Tensor:
-    r"""``k[i, j] ∝ exp(-((i - c)^2 + (j - c)^2) / (2 sigma^2))``, ``c = (size - 1) / 2``, sum 1."""
-    size = as_int("kernel_size", size, minimum=1)
+def gaussian_kernel(size: int = 61, sigma: float = 3.0, truncate: float | None = None) -> Tensor:
+    r"""``k[i, j] ∝ g(i - c) g(j - c)``, ``g(t) = exp(-t^2 / (2 sigma^2))``, ``c = (size - 1) / 2``, sum 1.
+
+    With ``truncate``, ``g`` is zero beyond ``int(truncate * sigma + 0.5)`` pixels
+    from the centre: the kernel DPS and DAPS build with
+    ``scipy.ndimage.gaussian_filter`` of a centred delta (``truncate=4.0``, a radius of
+    12 px at ``sigma = 3``; ``util/img_utils.py`` / ``forward_operator/__init__.py``
+    ``Blurkernel``).  Without it the whole ``size x size`` window is used.
+    """
+    size = kernel_side("kernel_size", size)
     sigma = as_float("sigma", sigma, minimum=0.0, strict_minimum=True)
     offsets = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     profile = torch.exp(-(offsets**2) / (2 * sigma**2))
+    if truncate is not None:
+        radius = int(as_float("truncate", truncate, minimum=0.0) * sigma + 0.5)
+        profile = torch.where(offsets.abs() <= radius, profile, 0.0)
     kernel = torch.outer(profile, profile)
     return kernel / kernel.sum()
 
 
 def uniform_kernel(size: int = 9) -> Tensor:
     """The ``size x size`` box kernel, every entry ``1 / size^2``."""
-    size = as_int("size", size, minimum=1)
+    size = kernel_side("size", size)
     return torch.full((size, size), 1.0 / size**2, dtype=torch.float64)
 
 
 def motion_kernel(size: int = 61, intensity: float = 0.5, generator: torch.Generator | None = None) -> Tensor:
-    r"""A random camera-shake kernel: a rasterised random trajectory (Boracchi & Foi, 2012).
+    r"""A random camera-shake kernel drawn like the ``motionblur`` generator of DPS / DAPS.
 
-    The camera moves ``T = 8 * size`` equal time steps along a planar path of
-    length ``size / 2`` pixels.  The velocity keeps its direction from step to step
-    (momentum) while its heading performs a Gaussian random walk whose total rms
-    drift over the exposure is ``4 * intensity`` radians, and its log-speed a random
-    walk with total rms ``1.5 * intensity``; with probability ``intensity / T`` per
-    step an impulsive shake turns the heading by a uniform angle in ``[-pi, pi]``.
-    ``intensity = 0`` gives a straight line at a random angle, ``intensity = 1`` a
-    tangled path.  Each step deposits an equal share of the exposure at its
-    position by bilinear splatting (slow parts come out brighter); the path is
-    centred on its centre of mass and shrunk, if needed, to keep half a pixel
-    inside the ``size x size`` support.  The kernel sums to 1.  All randomness
-    comes from ``generator``, so the same seed gives the same kernel.
+    See :mod:`operators.motion_kernel` for the algorithm (random path length, path drawn
+    on a 2x supersampled canvas, blurred, Lanczos-resized to ``size x size``).  The
+    kernel is non-negative and sums to 1.  All randomness comes from ``generator``, so
+    the same seed gives the same kernel.
     """
-    size = as_int("kernel_size", size, minimum=1)
+    size = kernel_side("kernel_size", size)
     intensity = as_float("intensity", intensity, minimum=0.0, maximum=1.0)
     if generator is None:
         raise ValueError(
             "motion_kernel draws a random trajectory and needs a torch.Generator "
             "(e.g. torch.Generator().manual_seed(0)) so that the kernel is reproducible"
         )
-    if size == 1:
-        return torch.ones(1, 1, dtype=torch.float64)
-    steps = 8 * size
-    options = {"generator": generator, "device": generator.device, "dtype": torch.float64}
-    start = 2 * math.pi * torch.rand((), **options)
-    turns = torch.randn(steps, **options) * (4 * intensity / math.sqrt(steps))
-    shakes = (torch.rand(steps, **options) < intensity / steps) * (2 * torch.rand(steps, **options) - 1) * math.pi
-    log_speed = torch.cumsum(torch.randn(steps, **options), 0) * (1.5 * intensity / math.sqrt(steps))
-    heading = start + torch.cumsum(turns + shakes, 0)
-    speed = torch.exp(log_speed)
-    velocity = torch.polar(speed, heading)
-    path = torch.cumsum(velocity, 0) * (size / 2 / speed.sum())
-    points = torch.stack([path.imag, path.real], dim=1).cpu()
-    return _splat(points, size)
-
-
-def _splat(points: Tensor, size: int) -> Tensor:
-    """Bilinear splatting of equally weighted ``(row, col)`` points, centred, onto a normalised kernel."""
-    centre = (size - 1) / 2
-    points = points - points.mean(0)
-    radius = points.abs().max()
-    limit = centre - 0.5
-    if radius > limit:
-        points = points * (limit / radius)
-    points = points + centre
-    base = points.floor().clamp(0, size - 2)
-    frac = points - base
-    base = base.long()
-    kernel = torch.zeros(size, size, dtype=torch.float64)
-    for d_row in (0, 1):
-        for d_col in (0, 1):
-            w_row = frac[:, 0] if d_row else 1 - frac[:, 0]
-            w_col = frac[:, 1] if d_col else 1 - frac[:, 1]
-            kernel.index_put_((base[:, 0] + d_row, base[:, 1] + d_col), w_row * w_col, accumulate=True)
-    return kernel / kernel.sum()
+    return render_motion_path(draw_motion_path(size, intensity, generator), size)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from operators.base import LinearOperator
+from operators.arguments import as_float
+from operators.base import LinearOperator, check_input
 from operators.registry import register
 from operators.svd import SVD
 
@@ -18,6 +19,9 @@ class MatrixOperator(LinearOperator):
     pseudo-inverse ``A^+ = V diag(1/s) U^T`` drops singular values below
     ``rcond * max(s)``; the prox solves ``(A^T A + rho I) x = A^T y + rho x0`` in
     the singular basis.
+
+    ``A`` may be a tensor, a NumPy array or nested lists; it must be a finite,
+    non-empty 2-D real matrix (integers are converted to float64).
     """
 
     has_svd = True
@@ -26,13 +30,12 @@ class MatrixOperator(LinearOperator):
 
     def __init__(self, A: Tensor, rcond: float = 1e-10):
         super().__init__()
-        if A.ndim != 2:
-            raise ValueError(f"MatrixOperator needs a 2-D matrix, got shape {tuple(A.shape)}")
-        self.A = A
-        self.rcond = rcond
+        self.A = _as_matrix(A)
+        self.rcond = as_float("rcond", rcond, minimum=0.0)
         self._svd = None
 
     def _cast(self, like: Tensor) -> Tensor:
+        check_input(like, "MatrixOperator")
         return self.A.to(device=like.device, dtype=like.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -71,6 +74,28 @@ class MatrixOperator(LinearOperator):
 
     def svd(self, x_shape: tuple[int, ...]) -> SVD:
         return MatrixSVD(*self._factors(self.A))
+
+
+def _as_matrix(A: object) -> Tensor:
+    """``A`` as a finite non-empty 2-D real tensor, or a one-line error saying what was wrong."""
+    if isinstance(A, (str, bytes)) or not isinstance(A, (Tensor, list, tuple)) and not hasattr(A, "__array__"):
+        raise TypeError(
+            f"MatrixOperator needs a 2-D matrix (a torch.Tensor, NumPy array or nested lists), "
+            f"got {type(A).__name__} {A!r}"
+        )
+    try:
+        matrix = torch.as_tensor(A)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(f"MatrixOperator could not read A as a matrix of numbers: {error}") from None
+    if matrix.ndim != 2 or matrix.numel() == 0:
+        raise ValueError(f"MatrixOperator needs a non-empty 2-D matrix (m, d), got shape {tuple(matrix.shape)}")
+    if matrix.is_complex() or matrix.dtype == torch.bool:
+        raise TypeError(f"MatrixOperator needs a real matrix, got dtype {matrix.dtype}")
+    if not matrix.is_floating_point():
+        matrix = matrix.to(torch.float64)
+    if not torch.isfinite(matrix).all():
+        raise ValueError("MatrixOperator's matrix contains NaN or inf entries")
+    return matrix
 
 
 class MatrixSVD(SVD):

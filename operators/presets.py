@@ -15,9 +15,11 @@ class Preset:
 
     ``build(seed)`` makes the operator; presets whose operator is random (a mask or a
     motion kernel) pass ``seed`` to it.  ``per_image`` says whether the protocol draws
-    a new one for every image (DPS draws a fresh inpainting mask per image; the
-    motion kernel is drawn once per run): ``invsolve evaluate`` then seeds it from
-    the image's file name and ``--seed``.  ``noise_sigma`` is the standard deviation
+    a new one for every image (DPS draws a fresh box per image; DAPS draws its mask
+    once, at the first measurement of the whole data set, and keeps it; both draw the
+    motion kernel once per run): ``invsolve evaluate`` then seeds it from the image's
+    file name and ``--seed``, otherwise from ``--seed`` alone.  ``description`` names
+    the paper whose protocol the preset reproduces and its source file.  ``noise_sigma`` is the standard deviation
     of the Gaussian measurement noise on the [-1, 1] scale.  All presets assume
     256 x 256 images (Chung et al. 2023, DPS, Sec. 4; Zhang et al. 2025, DAPS, Sec. 5).
     """
@@ -43,26 +45,49 @@ PRESETS: dict[str, Preset] = {
     for preset in (
         Preset(
             "sr4", "super_resolution", {"factor": 4, "method": "bicubic"},
-            description="super-resolution x4: bicubic imresize with antialiasing, 256 -> 64",
+            description=(
+                "super-resolution x4: bicubic imresize with antialiasing, 256 -> 64 "
+                "(DPS and DAPS protocol: util/resizer.py Resizer)"
+            ),
         ),
         Preset(
             "box128", "inpainting", {"mask": "box", "size": 128, "position": "random", "margin": 16},
             seeded=True, per_image=True,
-            description="box inpainting: a 128 x 128 hole at a random position, 16 px from the edges",
+            description=(
+                "box inpainting, DPS protocol: a 128 x 128 hole, top-left corner uniform in [16, 112), "
+                "a new hole per image (DPS util/img_utils.py mask_generator, margin 16)"
+            ),
+        ),
+        Preset(
+            "box128_daps", "inpainting", {"mask": "box", "size": 128, "position": "random", "margin": 32},
+            seeded=True,
+            description=(
+                "box inpainting, DAPS protocol: a 128 x 128 hole, top-left corner uniform in [32, 96), "
+                "one hole for the whole run (DAPS forward_operator mask_generator, margin 32, mask kept)"
+            ),
         ),
         Preset(
             "random70", "inpainting", {"mask": "random", "missing": 0.7},
-            seeded=True, per_image=True,
-            description="random inpainting: 70 % of the pixels missing in all channels",
+            seeded=True,
+            description=(
+                "random inpainting, DAPS protocol: 70 % of the pixels missing in all channels, one mask "
+                "for the whole run (DAPS configs/task/inpainting_rand.yaml; DAPS draws 70-71 %)"
+            ),
         ),
         Preset(
-            "gauss61", "gaussian_blur", {"kernel_size": 61, "sigma": 3.0, "padding": "reflect"},
-            description="Gaussian deblurring: 61 x 61 kernel, std 3.0, reflect boundaries",
+            "gauss61", "gaussian_blur", {"kernel_size": 61, "sigma": 3.0, "truncate": 4.0, "padding": "reflect"},
+            description=(
+                "Gaussian deblurring, DPS and DAPS protocol: 61 x 61 kernel, std 3.0 truncated at 4 std "
+                "(scipy gaussian_filter), reflect boundaries"
+            ),
         ),
         Preset(
             "motion61", "motion_blur", {"kernel_size": 61, "intensity": 0.5, "padding": "reflect"},
             seeded=True,
-            description="motion deblurring: 61 x 61 random-trajectory kernel, intensity 0.5, reflect boundaries",
+            description=(
+                "motion deblurring, DPS and DAPS protocol: 61 x 61 kernel of the motionblur generator, "
+                "intensity 0.5, drawn once per run, reflect boundaries"
+            ),
         ),
     )
 }
@@ -74,7 +99,7 @@ def presets() -> list[str]:
 
 
 def preset(name: str) -> Preset:
-    """The benchmark preset ``name`` (``sr4``, ``box128``, ``random70``, ``gauss61``, ``motion61``).
+    """The benchmark preset ``name`` (``sr4``, ``box128``, ``box128_daps``, ``random70``, ``gauss61``, ``motion61``).
 
     ``operators.preset("box128").build(seed=3)`` gives the operator;
     ``.noise_sigma`` (0.05 on [-1, 1]) the noise to measure with.

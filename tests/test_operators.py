@@ -63,8 +63,11 @@ def _well_conditioned_kernel() -> torch.Tensor:
     return 0.5 * delta + 0.5 * gaussian_kernel(5, 1.0)
 
 
-# Circular blurs use rcond = 1e-8 so that their truncated pseudo-inverse is exact on
-# everything but true null spaces; the default cutoff is tested on its own.
+# Circular blurs use rcond = 1e-8 and separable reflect blurs rcond = 1e-12, so that
+# their truncated pseudo-inverse is exact on everything but true (or numerical) null
+# spaces; the default cutoffs are tested on their own.  Non-separable reflect blurs
+# (motion, the half-delta kernel) have the regularised pseudo-inverse, checked against
+# a dense solve in test_blur_exact.py.
 @dataclass
 class Case:
     id: str
@@ -72,20 +75,27 @@ class Case:
     build: Callable[[], LinearOperator]
     x_shape: tuple[int, ...]
     exact: bool  # pinv / prox in closed form (False: conjugate gradients)
-    pinv_tolerance: float = 1e-8
+    regularised: bool = False  # pinv is (A^T A + eps I)^{-1} A^T, not A^+
 
 
 CASES = [
-    Case("gaussian-reflect", "gaussian_blur", lambda: GaussianBlur(7, 1.5), (2, 3, 16, 16), False, 0.1),
+    Case("gaussian-reflect", "gaussian_blur", lambda: GaussianBlur(7, 1.5, rcond=1e-12), (2, 3, 16, 16), True),
     Case("gaussian-circular", "gaussian_blur", lambda: GaussianBlur(7, 1.5, "circular", 1e-8), (2, 3, 16, 16), True),
-    Case("gaussian61-reflect", "gaussian_blur", lambda: GaussianBlur(61, 3.0), (1, 3, 24, 24), False, 0.1),
+    Case("gaussian61-reflect", "gaussian_blur", lambda: GaussianBlur(61, 3.0, rcond=1e-12), (1, 3, 24, 24), True),
+    Case(
+        "gauss61-preset-reflect",
+        "gaussian_blur",
+        lambda: GaussianBlur(61, 3.0, truncate=4.0, rcond=1e-12),
+        (1, 2, 40, 36),
+        True,
+    ),
     Case("gaussian61-circular", "gaussian_blur", lambda: GaussianBlur(61, 3.0, "circular", 1e-8), (1, 3, 24, 24), True),
-    Case("motion-reflect", "motion_blur", lambda: MotionBlur(9, 0.5, seed=1), (2, 3, 16, 16), False, 0.1),
+    Case("motion-reflect", "motion_blur", lambda: MotionBlur(9, 0.5, seed=1), (2, 3, 16, 16), False, True),
     Case("motion-circular", "motion_blur", lambda: MotionBlur(9, 0.5, 1, "circular", rcond=1e-8), (2, 3, 16, 16), True),
-    Case("uniform-reflect", "uniform_blur", lambda: UniformBlur(5), (2, 3, 15, 15), False, 0.1),
+    Case("uniform-reflect", "uniform_blur", lambda: UniformBlur(5, rcond=1e-12), (2, 3, 15, 15), True),
     # 5-tap box on 15 pixels: the DFT vanishes at frequency 3, so A has a true null space.
     Case("uniform-circular", "uniform_blur", lambda: UniformBlur(5, "circular", rcond=1e-8), (2, 3, 15, 15), True),
-    Case("blur-well-conditioned", None, lambda: Blur(_well_conditioned_kernel()), (2, 3, 16, 16), False, 1e-5),
+    Case("blur-well-conditioned", None, lambda: Blur(_well_conditioned_kernel()), (2, 3, 16, 16), False, True),
     Case("inpainting-box", "inpainting", lambda: Inpainting("box", size=6, shape=(16, 16)), (2, 3, 16, 16), True),
     Case("inpainting-random", "inpainting", lambda: Inpainting("random", missing=0.7, seed=0), (2, 3, 16, 16), True),
     Case(
@@ -95,8 +105,8 @@ CASES = [
         (4, 3, 16, 16),
         True,
     ),
-    Case("sr-bicubic-2", "super_resolution", lambda: SuperResolution(2), (2, 3, 16, 16), False, 1e-5),
-    Case("sr-bicubic-4", "super_resolution", lambda: SuperResolution(4), (2, 3, 24, 24), False, 1e-5),
+    Case("sr-bicubic-2", "super_resolution", lambda: SuperResolution(2), (2, 3, 16, 16), True),
+    Case("sr-bicubic-4", "super_resolution", lambda: SuperResolution(4), (2, 3, 24, 24), True),
     Case("sr-average-2", "super_resolution", lambda: SuperResolution(2, "average"), (2, 3, 16, 16), True),
     Case("sr-average-3", "super_resolution", lambda: SuperResolution(3, "average"), (2, 2, 12, 18), True),
     Case("denoising", "denoising", Denoising, (2, 3, 8, 8), True),
@@ -125,19 +135,32 @@ def test_adjoint(case):
     assert abs(lhs - rhs) <= 1e-10 * (op(x).norm() * y.norm())
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_pinv_reproduces_measurements_in_the_range(case):
-    """``A A^+ (A x) = A x``: exact for closed forms, to the CG tolerance otherwise.
+MP_CASES = [case for case in CASES if not case.regularised]
 
-    Reflect-padded Gaussian, motion and box blurs have ``A A^T`` with condition numbers
-    beyond 1e15; 50 CG iterations reach only a few per cent there (documented bound 0.1).
+
+@pytest.mark.parametrize("case", MP_CASES, ids=[c.id for c in MP_CASES])
+def test_pinv_reproduces_measurements_in_the_range(case):
+    """``A A^+ (A x) = A x`` to float64 rounding: every pseudo-inverse here is a closed form.
+
+    Reflect-padded Gaussian and box blurs are Kronecker products with an exact SVD;
+    bicubic SR too.  Even at condition numbers near 1e19 (61-pixel Gaussian on 24
+    pixels) the identity holds to rounding on the kept singular values.  A blur's
+    truncated pseudo-inverse drops singular values ``s <= rcond s_max``, which removes
+    at most ``rcond s_max ||x||`` from ``A x``; ``s_max <= sqrt(||A||_1 ||A||_inf) <= sqrt(2)``
+    for a non-negative kernel summing to 1 (rows sum to 1, reflected columns to at most 2).
     """
     op = case.build()
-    y = op(_randn(case.x_shape, seed=3))
-    assert _rel(op(op.pinv(y)), y) < case.pinv_tolerance
+    x = _randn(case.x_shape, seed=3)
+    y = op(x)
+    dropped = 1.5 * op.rcond * (x.norm() / y.norm()).item() if isinstance(op, Blur) else 0.0
+    assert _rel(op(op.pinv(y)), y) < 1e-10 + dropped
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.exact], ids=[c.id for c in CASES if c.exact])
+# Condition numbers below 1e7 keep 1/s_min * 1e-16 under the 1e-8 bound of the second condition.
+PENROSE_CASES = [c for c in MP_CASES if c.id not in ("gaussian61-reflect", "gauss61-preset-reflect")]
+
+
+@pytest.mark.parametrize("case", PENROSE_CASES, ids=[c.id for c in PENROSE_CASES])
 def test_pinv_penrose_conditions(case):
     """For any y: ``A^T (A A^+ y - y) = 0`` (least squares) and ``A^+ A A^+ y = A^+ y``."""
     op = case.build()
@@ -174,6 +197,7 @@ def test_prox_solves_normal_equations(case, per_item):
     rho_b = rho.reshape(-1, *([1] * (x0.ndim - 1))) if per_item else rho
     lhs = op.adjoint(op(x)) + rho_b * x
     rhs = op.adjoint(y) + rho_b * x0
+    # CG stops at a relative residual of 1e-6 (cg_tolerance); closed forms are exact
     assert _rel(lhs, rhs) < (1e-10 if case.exact else 1e-5)
 
 
@@ -208,9 +232,13 @@ def test_svd_reconstructs_the_operator(case):
     assert svd.V(vx).shape == x.shape and svd.U(uy).shape == y.shape
 
 
-def test_svd_availability_follows_padding_and_method():
+def test_svd_availability_follows_padding_separability_and_method():
     assert GaussianBlur(7, 1.0, padding="circular").svd((1, 1, 8, 8)) is not None
-    assert GaussianBlur(7, 1.0).svd((1, 1, 8, 8)) is None and "svd" not in GaussianBlur(7, 1.0).capabilities
+    assert GaussianBlur(7, 1.0).svd((1, 1, 8, 8)) is not None and "svd" in GaussianBlur(7, 1.0).capabilities
+    assert "svd" in UniformBlur(4).capabilities and "svd" in operators.preset("gauss61").build().capabilities
+    motion = MotionBlur(9, 0.5, seed=1)
+    assert motion.svd((1, 1, 8, 8)) is None and "svd" not in motion.capabilities
+    assert "svd" in MotionBlur(9, 0.5, seed=1, padding="circular").capabilities
     assert "svd" in SuperResolution(2, "average").capabilities and "svd" in SuperResolution(2).capabilities
 
 
@@ -331,34 +359,6 @@ def test_gaussian_kernel_formula():
     # ratio between centre and the pixel at offset (1, 2): exp(-(1 + 4) / (2 * 1.5^2))
     assert torch.isclose(k[4, 5] / k[3, 3], torch.exp(torch.tensor(-5 / 4.5, dtype=DOUBLE)))
     assert torch.equal(k, k.T) and torch.equal(k, k.flip(0))
-
-
-def test_motion_kernel_is_a_normalised_density_and_seeded():
-    a = MotionBlur(31, 0.5, seed=7).kernel
-    b = MotionBlur(31, 0.5, seed=7).kernel
-    c = MotionBlur(31, 0.5, seed=8).kernel
-    assert torch.equal(a, b) and not torch.allclose(a, c)
-    assert a.shape == (31, 31) and a.min() >= 0 and torch.isclose(a.sum(), torch.tensor(1.0, dtype=DOUBLE))
-    # the path is centred: centre of mass at the kernel centre (within the splatting error)
-    grid = torch.arange(31, dtype=DOUBLE)
-    assert abs((a.sum(1) * grid).sum() - 15) < 0.5 and abs((a.sum(0) * grid).sum() - 15) < 0.5
-    # the trajectory is not a point: it spreads over several pixels
-    assert (a > 0).sum() > 20
-
-
-def test_motion_kernel_with_zero_intensity_is_a_straight_segment():
-    """With no turning the path is a segment: its second-moment matrix has rank ~1."""
-    for seed in range(3):
-        k = motion_kernel(31, 0.0, _gen(seed))
-        rows, cols = torch.meshgrid(torch.arange(31.0, dtype=DOUBLE), torch.arange(31.0, dtype=DOUBLE), indexing="ij")
-        coords = torch.stack([rows.flatten(), cols.flatten()], 1)
-        weights = k.flatten()
-        centred = coords - (weights[:, None] * coords).sum(0)
-        moments = (weights[:, None, None] * centred[:, :, None] * centred[:, None, :]).sum(0)
-        small, large = torch.linalg.eigvalsh(moments)
-        # a 15.5-pixel segment: variance 15.5^2 / 12 = 20 along it; across, only the
-        # bilinear splatting spreads it (variance below 1/4)
-        assert 18 < large < 22 and small < 0.25
 
 
 def test_explicit_motion_kernel_is_used_as_given():

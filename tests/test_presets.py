@@ -20,7 +20,7 @@ from invsolve.evaluation.dataset import image_seed, list_images
 from operators import GaussianBlur, Inpainting, MotionBlur, SuperResolution
 from tiny_priors import save_tiny_pixel_prior
 
-ALL = ("sr4", "box128", "random70", "gauss61", "motion61")
+ALL = ("sr4", "box128", "box128_daps", "random70", "gauss61", "motion61")
 
 
 def image(size: int = 256, seed: int = 0) -> torch.Tensor:
@@ -34,10 +34,13 @@ def missing_box(mask: torch.Tensor) -> tuple[int, int, int, int]:
     return int(rows[0]), int(cols[0]), len(rows), len(cols)
 
 
-def test_every_preset_is_listed_with_noise_005():
+def test_every_preset_is_listed_with_noise_005_and_names_its_protocol():
     assert tuple(operators.presets()) == ALL
     for name in ALL:
-        assert operators.preset(name).noise_sigma == 0.05
+        preset = operators.preset(name)
+        assert preset.noise_sigma == 0.05
+        assert "DPS" in preset.description or "DAPS" in preset.description, name
+        assert "protocol" in preset.description, name
     with pytest.raises(ValueError, match="unknown preset 'sr8'; available: sr4, box128"):
         operators.preset("sr8")
     with pytest.raises(TypeError, match="seed"):
@@ -57,12 +60,17 @@ def test_sr4_is_antialiased_bicubic_256_to_64():
     assert (y - F.interpolate(x, scale_factor=0.25, mode="bicubic", align_corners=False)).abs().max() > 0.05
 
 
-def test_gauss61_is_a_61_pixel_std_3_blur_with_reflect_boundaries():
+def test_gauss61_is_the_scipy_gaussian_of_dps_and_daps_with_reflect_boundaries():
+    """DPS / DAPS ``Blurkernel``: ``scipy.ndimage.gaussian_filter`` of a centred delta, std 3 (truncate 4)."""
+    from scipy.ndimage import gaussian_filter
+
     op = operators.preset("gauss61").build()
-    assert isinstance(op, GaussianBlur)
-    grid = torch.arange(61, dtype=torch.float64) - 30
-    kernel = torch.exp(-(grid[:, None] ** 2 + grid[None, :] ** 2) / (2 * 3.0**2))
-    kernel /= kernel.sum()
+    assert isinstance(op, GaussianBlur) and op.separable and "svd" in op.capabilities
+    delta = np.zeros((61, 61))
+    delta[30, 30] = 1
+    kernel = torch.from_numpy(gaussian_filter(delta, sigma=3.0))
+    torch.testing.assert_close(op.kernel, kernel, rtol=0, atol=1e-15)
+    assert op.kernel[30, 30 + 13] == 0 and op.kernel[30, 30 + 12] > 0  # zero beyond 4 std = 12 px
     x = image(64, seed=1)
     padded = F.pad(x, (30, 30, 30, 30), mode="reflect")
     expected = F.conv2d(padded.reshape(3, 1, 124, 124), kernel[None, None]).reshape(1, 3, 64, 64)
@@ -81,9 +89,9 @@ def test_motion61_is_a_seeded_61_pixel_kernel_with_reflect_boundaries():
     torch.testing.assert_close(a(x), expected, rtol=0, atol=1e-10)
 
 
-def test_random70_drops_70_percent_of_pixels_in_all_channels():
+def test_random70_drops_70_percent_of_pixels_in_all_channels_with_one_mask_per_run():
     op = operators.preset("random70").build(seed=3)
-    assert isinstance(op, Inpainting)
+    assert isinstance(op, Inpainting) and not operators.preset("random70").per_image  # DAPS keeps its mask
     mask = op.mask_for((1, 3, 256, 256))
     full = mask.expand(1, 3, 256, 256)
     assert int((full[0, 0] == 0).sum()) == round(0.7 * 256 * 256)
@@ -93,17 +101,27 @@ def test_random70_drops_70_percent_of_pixels_in_all_channels():
     assert torch.equal(mask, again) and not torch.equal(mask, other)
 
 
-def test_box128_is_a_128_box_at_a_random_position_16_px_from_the_edges():
+@pytest.mark.parametrize(
+    "name, margin, per_image", [("box128", 16, True), ("box128_daps", 32, False)], ids=["dps", "daps"]
+)
+def test_box_presets_draw_the_corner_like_their_paper(name, margin, per_image):
+    """``np.random.randint(margin, 256 - margin - 128)`` per axis: DPS margin 16, a new box per
+    image (util/img_utils.py); DAPS margin 32, one box for the run (forward_operator/__init__.py)."""
+    preset = operators.preset(name)
+    assert preset.per_image == per_image and preset.seeded
     corners = set()
-    for seed in range(40):
-        mask = operators.preset("box128").build(seed=seed).mask_for((1, 3, 256, 256)).expand(1, 3, 256, 256)
-        top, left, height, width = missing_box(mask)
-        assert (height, width) == (128, 128) and int((mask[0, 0] == 0).sum()) == 128 * 128
-        assert 16 <= top <= 256 - 16 - 128 and 16 <= left <= 256 - 16 - 128
-        corners.add((top, left))
-    assert len(corners) > 30  # random positions, not the centre
-    first = operators.preset("box128").build(seed=7).mask_for((1, 3, 256, 256))
-    assert torch.equal(first, operators.preset("box128").build(seed=7).mask_for((1, 3, 256, 256)))
+    for seed in range(1000):
+        mask = preset.build(seed=seed).mask_for((1, 3, 256, 256))
+        if seed < 10:
+            full = mask.expand(1, 3, 256, 256)
+            assert missing_box(full)[2:] == (128, 128) and int((full[0, 0] == 0).sum()) == 128 * 128
+        hole = ~mask[0, 0]
+        corners.add((int(hole.any(1).nonzero()[0]), int(hole.any(0).nonzero()[0])))
+    tops = {top for top, _ in corners} | {left for _, left in corners}
+    # 2000 coordinates over at most 96 values: each value is missed with probability < 1e-9
+    assert tops == set(range(margin, 256 - margin - 128))
+    first = preset.build(seed=7).mask_for((1, 3, 256, 256))
+    assert torch.equal(first, preset.build(seed=7).mask_for((1, 3, 256, 256)))
 
 
 def test_settings_refuse_a_preset_with_another_operator(tmp_path):
@@ -151,7 +169,7 @@ def test_restore_with_a_preset_and_a_noise_override(prior_dir, tmp_path):
     assert status == 0, stderr
     measured = np.asarray(Image.open(tmp_path / "out.measurement.png")).astype(np.float64)
     x = torch.from_numpy(np.asarray(Image.open(clean)).astype(np.float64) / 127.5 - 1).permute(2, 0, 1)[None]
-    blurred = operators.GaussianBlur(61, 3.0)(x)[0].permute(1, 2, 0).numpy()
+    blurred = operators.GaussianBlur(61, 3.0, truncate=4.0)(x)[0].permute(1, 2, 0).numpy()
     assert np.abs(measured - np.round((blurred + 1) * 127.5)).max() <= 1  # noiseless: A(x) up to rounding
     status, _, stderr = run([*base, "--preset", "sr4"])
     assert status == 0, stderr
