@@ -79,7 +79,7 @@ def _images(count: int = 2) -> BenchmarkImages:
 
 def test_flags_mark_non_finite_and_far_below_baseline_cells(prior, monkeypatch):
     def fake_solve(y, op, prior, method, **kwargs):
-        image = torch.full((1, 3, 32, 32), float("nan")) if method == "dps" else -torch.ones(1, 3, 32, 32)
+        image = torch.full((1, 3, 32, 32), float("nan")) if method == "dps" else -3 * torch.ones(1, 3, 32, 32)
         return Result(samples=image[None], nfe=7, operator_calls=7, seconds=0.5, method=method)
 
     monkeypatch.setattr(matrix_module, "solve", fake_solve)
@@ -87,7 +87,10 @@ def test_flags_mark_non_finite_and_far_below_baseline_cells(prior, monkeypatch):
     report = run_matrix(config, prior, _images())
     dps, ddnm = report.cell("dps", "super_resolution"), report.cell("ddnm", "super_resolution")
     assert dps.flags == [NON_FINITE] and all(v != v for v in dps.psnr)
-    assert ddnm.flags == [BELOW_BASELINE] and ddnm.nfe == [7.0, 7.0]
+    assert ddnm.flags == [BELOW_BASELINE] and ddnm.nfe == [7.0, 7.0] and ddnm.max_abs == [3.0, 3.0]
+    truth = _images().images[:1]
+    clamped = 10 * torch.log10(1 / ((truth + 1) / 2).double().pow(2).mean())  # scored as the image -1
+    assert ddnm.psnr[0] == pytest.approx(float(clamped), abs=1e-4)
     table = markdown_table(report)
     assert "| dps | NaN † |" in table and "‡" in table.split("| ddnm |")[1].splitlines()[0]
 

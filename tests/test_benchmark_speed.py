@@ -120,3 +120,20 @@ def test_quick_speed_command_runs_each_cell_in_its_own_process(tmp_path):
     assert data["config"]["isolate"] is True
     markdown = (out / "speed.md").read_text()
     assert "**gaussian_blur, 32 x 32 px**" in markdown and "| dps | 3 |" in markdown
+
+
+def test_latent_dps_is_timed_through_the_decoder_and_compared_with_decode_after_denoise():
+    from diffusers import DDPMScheduler
+
+    from priors import DiffusersLatentPrior, DiffusersPixelPrior
+    from tests.test_latent_priors import tiny_autoencoder, tiny_latent_unet
+
+    scheduler = DDPMScheduler(num_train_timesteps=100)
+    denoiser = DiffusersPixelPrior(tiny_latent_unet(4), scheduler.alphas_cumprod, data_range=None)
+    prior = DiffusersLatentPrior(denoiser, tiny_autoencoder("kl"))
+    cell = measure_cell(prior, "latent_dps", "box_inpainting", size=16, steps=3, repeats=1)
+    assert cell["status"] == "ok" and cell["backprop"] is True
+    calls = {call["entry"]: call for call in cell["network_calls"]}
+    assert calls["denoise"]["shape"] == [1, 4, 8, 8] and calls["denoise"]["backwards"] == calls["denoise"]["forwards"]
+    assert calls["decode"]["backwards"] >= 3  # DPS in latent space backpropagates through the decoder
+    assert cell["network_seconds"] > 0 and cell["overhead"] > 0

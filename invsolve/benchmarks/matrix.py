@@ -2,8 +2,9 @@
 
 For each task (:mod:`invsolve.benchmarks.tasks`) and image, one noisy measurement is
 drawn and shared by every method and by the no-learning estimate; each method runs
-with its defaults (``steps`` may be overridden) and is scored by PSNR, SSIM and, when
-its weights are on the machine, LPIPS against the ground truth.  A method the
+with its defaults (``steps`` may be overridden) and its output, clamped to [-1, 1] as
+``invsolve evaluate`` saves and scores it, is scored by PSNR, SSIM and, when its weights
+are on the machine, LPIPS against the ground truth.  A method the
 operator cannot serve gets the capability refusal of ``solve()`` as its cell, a
 method that raises gets the error; neither stops the run.  A cell is flagged when an
 output is non-finite or when an image's PSNR falls more than :data:`MARGIN_DB` below
@@ -83,6 +84,7 @@ class Cell:
     lpips: list[float] | None = None
     nfe: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    max_abs: list[float] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
 
     def mean(self, metric: str) -> float | None:
@@ -145,9 +147,13 @@ def default_methods(prior: Any) -> list[str]:
 
 
 def _scores(cell: Cell, x: Tensor, truth: Tensor, lpips: LPIPS | None) -> None:
+    """Score ``x`` clamped to [-1, 1], as ``invsolve evaluate`` scores and saves restorations;
+    ``max_abs`` keeps the raw output's largest magnitude, which shows a method running away."""
     finite = bool(torch.isfinite(x).all())
     if not finite:
         cell.flag(NON_FINITE)
+    cell.max_abs.append(float(x.abs().max()) if finite else math.nan)
+    x = x.clamp(-1, 1)
     cell.psnr.append(float(psnr(x, truth)) if finite else math.nan)
     cell.ssim.append(float(ssim(x, truth)) if finite else math.nan)
     if lpips is not None and lpips.available:
@@ -217,7 +223,7 @@ def _run_cell(cell: Cell, op: Any, y: Tensor, truth: Tensor, prior: Any, noise: 
                        noise_sigma=noise, progress=False, on_nan="warn")
     except Exception as err:  # one broken method must not stop the matrix; the cell says what happened
         cell.status, cell.reason = "failed", first_line(err)
-        cell.psnr, cell.ssim, cell.lpips = [], [], None
+        cell.psnr, cell.ssim, cell.lpips, cell.max_abs = [], [], None, []
         return
     if result.diverged:
         cell.flag(NON_FINITE)

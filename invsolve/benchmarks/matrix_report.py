@@ -56,7 +56,8 @@ def markdown_table(report: MatrixReport) -> str:
     lines = [
         f"Methods x tasks on prior `{report.prior}` at {config.size} x {config.size} px: "
         f"{len(report.image_names)} image(s), {report.image_source} ({', '.join(report.image_names)}); "
-        f"measurement noise {noise}; default hyperparameters, steps: {steps}; seed {config.seed}."
+        f"measurement noise {noise}; default hyperparameters, steps: {steps}; seed {config.seed}; outputs "
+        "clamped to [-1, 1] before scoring, as `invsolve evaluate` does."
         + (f" Ran {describe(report.environment)}." if report.environment else ""),
         "",
         "Tasks: " + "; ".join(report.task_descriptions.values()) + ".",

@@ -159,7 +159,9 @@ def measure_cell(prior: Any, method: str, task: str, size: int, batch: int = 1, 
         entry, shape = key
         backwards = recorder.backwards[key]
         t_fwd = time_calls(network_call(prior, entry, shape, False, device, dtype), device, repeats)
-        t_both = time_calls(network_call(prior, entry, shape, True, device, dtype), device, repeats) if backwards else 0.0
+        t_both = 0.0
+        if backwards:
+            t_both = time_calls(network_call(prior, entry, shape, True, device, dtype), device, repeats)
         if key in block_a:
             t_fwd = (t_fwd + block_a[key][0]) / 2
             t_both = (t_both + block_a[key][1]) / 2 if backwards else 0.0
@@ -173,7 +175,8 @@ def measure_cell(prior: Any, method: str, task: str, size: int, batch: int = 1, 
         t_vjp = time_calls(operator_call(op, tuple(x.shape), True, device, dtype), device, repeats)
         op_backward = clock.vjps * max(t_vjp - t_op, 0.0)
     record.update(
-        options=options or {}, steps=result.options["steps"], nfe=result.nfe, seconds=result.seconds, diverged=result.diverged,
+        options=options or {}, steps=result.options["steps"], nfe=result.nfe, seconds=result.seconds,
+        diverged=result.diverged,
         network_seconds=network_seconds, overhead=result.seconds / network_seconds if network_seconds else None,
         backprop=any(call["backwards"] for call in calls), network_calls=calls,
         operator_seconds=clock.seconds + op_backward, operator_backward_seconds=op_backward,

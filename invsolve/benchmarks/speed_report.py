@@ -65,7 +65,8 @@ def markdown_table(report: SpeedReport) -> str:
         lines += [_row(cell) for cell in cells] + [""]
     for cell in report.cells:
         if cell.get("status") != "ok":
-            lines.append(f"- {cell['method']} on {cell['task']} at {cell['size']} px: {cell['status']} ({cell.get('reason', '')})")
+            where = f"{cell['method']} on {cell['task']} at {cell['size']} px"
+            lines.append(f"- {where}: {cell['status']} ({cell.get('reason', '')})")
     return "\n".join(lines).rstrip() + "\n"
 
 
