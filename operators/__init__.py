@@ -7,6 +7,7 @@ from operators.inpainting import Inpainting, box_mask, load_mask, random_mask
 from operators.kernels import gaussian_kernel, motion_kernel, uniform_kernel
 from operators.matrix import MatrixOperator
 from operators.registry import available, build, get, register
+from operators.separable import SeparableSVD
 from operators.super_resolution import SuperResolution
 from operators.svd import SVD
 
@@ -21,6 +22,7 @@ __all__ = [
     "MotionBlur",
     "Operator",
     "SVD",
+    "SeparableSVD",
     "SuperResolution",
     "UniformBlur",
     "available",

@@ -33,10 +33,14 @@ class MatrixOperator(LinearOperator):
         self.A = _as_matrix(A)
         self.rcond = as_float("rcond", rcond, minimum=0.0)
         self._svd = None
+        self._casts: dict[tuple, tuple[Tensor, ...]] = {}
 
     def _cast(self, like: Tensor) -> Tensor:
         check_input(like, "MatrixOperator")
-        return self.A.to(device=like.device, dtype=like.dtype)
+        key = ("A", like.device, like.dtype)
+        if key not in self._casts:
+            self._casts[key] = (self.A.to(device=like.device, dtype=like.dtype),)
+        return self._casts[key][0]
 
     def forward(self, x: Tensor) -> Tensor:
         return x @ self._cast(x).T
@@ -53,10 +57,14 @@ class MatrixOperator(LinearOperator):
         return (shape[0], self.A.shape[1])
 
     def _factors(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(U, s, V)`` in float64 once, cast once per device and dtype."""
         if self._svd is None:
             U, s, Vh = torch.linalg.svd(self.A.double(), full_matrices=True)
             self._svd = (U, s, Vh.T)
-        return tuple(t.to(device=like.device, dtype=like.dtype) for t in self._svd)
+        key = ("svd", like.device, like.dtype)
+        if key not in self._casts:
+            self._casts[key] = tuple(t.to(device=like.device, dtype=like.dtype) for t in self._svd)
+        return self._casts[key]
 
     def pinv(self, y: Tensor) -> Tensor:
         U, s, V = self._factors(y)

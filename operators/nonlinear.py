@@ -6,8 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from operators.arguments import as_float
 from operators.base import Operator
 from operators.registry import register
+
+#: The largest ``oversample`` accepted (the canvas grows with its square; papers use 1.5-2).
+MAX_OVERSAMPLE = 16.0
 
 
 def _image_shape(shape: tuple[int, ...], name: str) -> tuple[int, int, int, int]:
@@ -52,9 +56,10 @@ class PhaseRetrieval(Operator):
 
     def __init__(self, oversample: float = 2.0):
         super().__init__()
-        if not oversample >= 1.0:
-            raise ValueError(f"oversample is the canvas / image size ratio and must be >= 1, got {oversample}")
-        self.oversample = float(oversample)
+        try:
+            self.oversample = as_float("oversample", oversample, minimum=1.0, maximum=MAX_OVERSAMPLE)
+        except ValueError as error:
+            raise ValueError(f"oversample is the canvas / image size ratio: {error}") from None
 
     def padding(self, height: int, width: int) -> tuple[int, int]:
         """Zero pixels added on each side, ``(p_h, p_w)``."""
@@ -94,9 +99,7 @@ class HighDynamicRange(Operator):
 
     def __init__(self, scale: float = 2.0):
         super().__init__()
-        if not scale > 0:
-            raise ValueError(f"scale must be > 0, got {scale}")
-        self.scale = float(scale)
+        self.scale = as_float("scale", scale, minimum=0.0, strict_minimum=True)
 
     def forward(self, x: Tensor) -> Tensor:
         return (self.scale * x).clamp(-1.0, 1.0)

@@ -135,3 +135,21 @@ def test_matrix_operator_accepts_lists_and_integer_matrices():
     assert op.A.dtype == torch.float64
     x = torch.tensor([[1.0, -1.0]])
     assert torch.equal(op(x), torch.tensor([[-1.0, -1.0, -1.0]]))
+
+
+def test_nonlinear_operator_parameters_are_finite_and_bounded():
+    with pytest.raises(ValueError, match="oversample must be <= 16"):
+        operators.PhaseRetrieval(oversample=1e6)  # a 1e6-times canvas is never allocated
+    with pytest.raises(ValueError, match="oversample must be >= 1"):
+        operators.PhaseRetrieval(oversample=0.5)
+    with pytest.raises(ValueError, match="scale must be finite"):
+        operators.HighDynamicRange(scale=math.inf)
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        operators.HighDynamicRange(scale=0)
+
+
+def test_matrix_operator_reuses_its_casts():
+    op = MatrixOperator(torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    x = torch.randn(2, 4)
+    assert op._cast(x) is op._cast(x) and op._factors(x) is op._factors(x)
+    assert op._cast(x).dtype == torch.float32
