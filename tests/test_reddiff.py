@@ -80,17 +80,18 @@ def test_sigmas_are_the_official_strided_timesteps():
     assert result.nfe == 39
 
 
-@pytest.mark.parametrize("kind, lam, lr", [
-    ("super_resolution", 1.0, 0.1),  # sample_batch.sh: sr4, grad_term_weight=1.0, lr from the config
-    ("inpainting", 1.0, 0.1),  # sample_batch.sh: in2_20ff
-    ("blur", 0.25, 0.5),  # sample_test.sh: deblur_gauss, grad_term_weight=0.25, lr=0.5
-    ("phase_retrieval", 0.25, 0.5),  # sample_test.sh
-    ("hdr", 0.25, 0.5),  # sample_test.sh
-    ("matrix", 0.25, 0.1),  # _configs/algo/reddiff.yaml: grad_term_weight 0.25, lr 0.1
+@pytest.mark.parametrize("kind, task, lam, lr", [
+    ("super_resolution", "super_resolution", 1.0, 0.1),  # sample_batch.sh: sr4, grad_term_weight=1.0, config lr
+    ("inpainting", "box_inpainting", 1.0, 0.1),  # sample_batch.sh: in2_20ff
+    ("blur", "gaussian_blur", 0.25, 0.5),  # sample_test.sh: deblur_gauss, grad_term_weight=0.25, lr=0.5
+    ("blur", "motion_blur", 0.25, 0.1),  # no script: _configs/algo/reddiff.yaml
+    ("phase_retrieval", "phase_retrieval", 0.25, 0.5),  # sample_test.sh
+    ("hdr", "hdr", 0.25, 0.5),  # sample_test.sh
+    ("matrix", "matrix", 0.25, 0.1),  # _configs/algo/reddiff.yaml: grad_term_weight 0.25, lr 0.1
 ])
-def test_defaults_are_the_official_settings_per_task(kind, lam, lr):
+def test_defaults_are_the_official_settings_per_task(kind, task, lam, lr):
     prior, op, y, _ = gaussian_problem()
-    operator = type("Op", (MatrixOperator,), {"kind": kind})(op.A)
+    operator = type("Op", (MatrixOperator,), {"kind": kind, "task": task})(op.A)
     result = solve(y, operator, prior, method="reddiff", steps=2, seed=0, progress=False)
     options = result.options
     assert (options["lam"], options["lr"]) == (lam, lr)

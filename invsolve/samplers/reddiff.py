@@ -27,13 +27,16 @@ REDDIFF_WEIGHTINGS: dict[str, Callable[[float], float]] = {
 REDDIFF_INITS = ("auto", "pinv", "tikhonov", "adjoint", "zeros")
 #: The operator method each start needs.
 INIT_NEEDS = {"tikhonov": "prox", "pinv": "pinv", "adjoint": "adjoint"}
-#: ``(lam, lr)`` by operator kind from NVlabs/RED-diff's scripts: ``sample_batch.sh`` (the batch
-#: runs: ``grad_term_weight=1.0`` for ``sr4`` and ``in2_20ff``, ``lr`` from ``_configs/algo/reddiff.yaml``)
-#: and ``sample_test.sh`` (``deblur_gauss``, ``deblur_nl``, ``hdr``, ``phase_retrieval``: 0.25 / 0.5).
+#: ``(lam, lr)`` from NVlabs/RED-diff's scripts, by ``operator.task`` then ``operator.kind``:
+#: ``sample_batch.sh`` (the batch runs: ``grad_term_weight=1.0`` for ``sr4`` and ``in2_20ff``, ``lr``
+#: from ``_configs/algo/reddiff.yaml``) and ``sample_test.sh`` (``deblur_gauss``, ``deblur_nl``,
+#: ``hdr``, ``phase_retrieval``: 0.25 / 0.5).  Tasks the scripts do not run (motion blur, ...) get
+#: the config's values.
 REDDIFF_SETTINGS = {
     "super_resolution": (1.0, 0.1),
     "inpainting": (1.0, 0.1),
-    "blur": (0.25, 0.5),
+    "gaussian_blur": (0.25, 0.5),
+    "nonlinear_blur": (0.25, 0.5),
     "phase_retrieval": (0.25, 0.5),
     "hdr": (0.25, 0.5),
 }
@@ -88,9 +91,10 @@ class REDDiff(Method):
     so the method is MAP-like and its samples vary only through the optimisation noise.
 
     **Defaults**: ``weighting = "linear"``, ``obs_weight = 1``, Adam betas (0.9, 0.99), 1000
-    steps (``sample_batch.sh``); ``lam`` / ``lr`` from ``operator.kind`` when left ``None``:
-    SR and inpainting 1.0 / 0.1 (``sample_batch.sh``), blur, phase retrieval and HDR
-    0.25 / 0.5 (``sample_test.sh``), others 0.25 / 0.1 (``_configs/algo/reddiff.yaml``).
+    steps (``sample_batch.sh``); ``lam`` / ``lr`` from ``operator.task`` / ``kind`` when left
+    ``None``: SR and inpainting 1.0 / 0.1 (``sample_batch.sh``), Gaussian blur, nonlinear blur,
+    phase retrieval and HDR 0.25 / 0.5 (``sample_test.sh``), others, motion blur included (the
+    scripts run none), 0.25 / 0.1 (``_configs/algo/reddiff.yaml``).
     Not implemented: ``sigma_x0`` (0 in every official setting but one commented line)
     and the ``cond_awd`` / ``awd`` variants (the defaults use the network's epsilon).
     """
@@ -113,7 +117,10 @@ class REDDiff(Method):
             raise ValueError(f"weighting must be one of {sorted(REDDIFF_WEIGHTINGS)}, got {self.weighting!r}")
         if self.init not in REDDIFF_INITS:
             raise ValueError(f"init must be one of {REDDIFF_INITS}, got {self.init!r}")
-        lam, lr = REDDIFF_SETTINGS.get(getattr(problem.operator, "kind", "generic"), REDDIFF_DEFAULT_SETTINGS)
+        operator = problem.operator
+        kind = getattr(operator, "kind", "generic")
+        task = getattr(operator, "task", kind)
+        lam, lr = REDDIFF_SETTINGS.get(task, REDDIFF_SETTINGS.get(kind, REDDIFF_DEFAULT_SETTINGS))
         lam = lam if self.lam is None else self.lam
         lr = lr if self.lr is None else self.lr
         if lr <= 0 or lam < 0 or self.obs_weight < 0:
