@@ -249,9 +249,9 @@ def test_restore_prints_the_psnr_of_the_clamped_image_it_writes(prior_dir, clean
 def test_std_map_is_the_spread_of_the_samples(prior_dir, clean_png, tmp_path, capsys):
     out = tmp_path / "out.png"
     assert main(restore_args([clean_png], prior_dir, out, "--quiet", "--num-samples", "3", "--std")) == 0
-    printed = capsys.readouterr().out
-    scale = float(re.search(r"out\.std\.png: per-pixel std of the 3 samples, white = ([0-9.e-]+) on the", printed).group(1))
-    assert "out.std.png" in printed.splitlines()[-1]
+    printed = capsys.readouterr().out.strip()
+    assert len(printed.splitlines()) == 1, printed
+    scale = float(re.search(r"out\.std\.png \(std of the 3 samples; white = ([0-9.e-]+) on the \[-1, 1\] scale\)", printed).group(1))
     samples = torch.stack([load_image(tmp_path / f"out.sample{k}.png")[0] for k in range(3)]).double()
     expected = samples.std(dim=0).pow(2).mean(dim=0).sqrt()  # unbiased std per channel, RMS over channels
     shown = torch.from_numpy(png(tmp_path / "out.std.png").astype(np.float64)) / 255 * scale

@@ -126,6 +126,18 @@ def run(args: argparse.Namespace) -> int:
         height, width = result.options["tiling"]["tile"]
         notes.append(f"the prior is fixed at {height}x{width}; the image was restored in overlapping tiles")
     restored = (result.mean if args.num_samples > 1 else result.image).clamp(-1, 1)
+    written = _write_outputs(args, operator, result, restored, clean, y, notes)
+    for note in notes:
+        print(f"note: {note}")
+    print(_summary(result, restored, clean, y, written))
+    return 0
+
+
+def _write_outputs(
+    args: argparse.Namespace, operator: Operator, result: Result, restored: Tensor, clean: Tensor | None,
+    y: Tensor, notes: list[str],
+) -> list[str]:
+    """Write OUT and its siblings; returns what was written, as the summary line shows it."""
     written = [io.save_image(restored, args.output)]
     if not args.measurement:
         if _is_image(operator, y):
@@ -135,21 +147,14 @@ def run(args: argparse.Namespace) -> int:
     if args.num_samples > 1:
         for k, sample in enumerate(result.samples):
             written.append(io.save_image(sample, io.sibling_path(args.output, f"sample{k}")))
+    shown = [str(path) for path in written]
     if args.std:
         path, scale = _write_std_map(result.samples, io.sibling_path(args.output, "std"))
-        written.append(path)
-        notes.append(
-            f"{path}: per-pixel std of the {args.num_samples} samples, white = {scale:.4g} on the [-1, 1] scale"
-            + (" (all samples are equal)" if scale == 0 else "")
-        )
+        shown.append(f"{path} (std of the {args.num_samples} samples; white = {scale:.4g} on the [-1, 1] scale)")
     if args.compare:
         panels = [image for image in (clean, y if _is_image(operator, y) else None, restored) if image is not None]
-        written.append(io.side_by_side(panels, io.sibling_path(args.output, "compare")))
-
-    for note in notes:
-        print(f"note: {note}")
-    print(_summary(result, restored, clean, y, written))
-    return 0
+        shown.append(str(io.side_by_side(panels, io.sibling_path(args.output, "compare"))))
+    return shown
 
 
 def _write_std_map(samples: Tensor, path: Path) -> tuple[Path, float]:
@@ -221,7 +226,7 @@ def _is_image(operator: object, y: Tensor) -> bool:
     return bool(in_range) and y.ndim == 4 and y.shape[0] == 1 and y.shape[1] in (1, 3)
 
 
-def _summary(result: Result, restored: Tensor, clean: Tensor | None, y: Tensor, written: list[Path]) -> str:
+def _summary(result: Result, restored: Tensor, clean: Tensor | None, y: Tensor, written: list[str]) -> str:
     parts = [f"{result.method}, {result.options['steps']} steps, NFE {result.nfe:g}, {result.seconds:.2f} s"]
     if clean is not None:
         reference = clean.float().cpu()
@@ -229,4 +234,4 @@ def _summary(result: Result, restored: Tensor, clean: Tensor | None, y: Tensor, 
         if y.shape == clean.shape:
             quality += f" (measurement {psnr(y.float().cpu().clamp(-1, 1), reference).item():.2f} dB)"
         parts.append(quality)
-    return "restored: " + ", ".join(parts) + "; wrote " + ", ".join(str(path) for path in written)
+    return "restored: " + ", ".join(parts) + "; wrote " + ", ".join(written)
