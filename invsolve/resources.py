@@ -73,8 +73,8 @@ def network_bytes_per_pixel(prior: Any) -> float:
 
     Measured once per prior with ``torch.autograd.graph.saved_tensors_hooks`` on zero
     images of :data:`PROBE_SIDES` (the difference cancels the weights); 0 for priors
-    without a network, fixed-size priors (tiled, so their network sees fixed tiles)
-    and latent priors.
+    without a network, fixed-size priors (tiled, so their network sees fixed tiles),
+    latent priors, and networks that cannot take the probe sizes.
     """
     inner = _innermost(prior)
     shape = getattr(inner, "data_shape", None)
@@ -85,8 +85,11 @@ def network_bytes_per_pixel(prior: Any) -> float:
     except (KeyError, TypeError):
         pass
     channels = getattr(inner, "channels", None) or 3
-    saved = [_saved_bytes(inner, (1, channels, side, side)) for side in PROBE_SIDES]
-    per_pixel = max(0.0, (saved[1] - saved[0]) / (PROBE_SIDES[1] ** 2 - PROBE_SIDES[0] ** 2))
+    try:
+        saved = [_saved_bytes(inner, (1, channels, side, side)) for side in PROBE_SIDES]
+        per_pixel = max(0.0, (saved[1] - saved[0]) / (PROBE_SIDES[1] ** 2 - PROBE_SIDES[0] ** 2))
+    except (RuntimeError, ValueError):  # a network that cannot take the probe sizes: no estimate of its part
+        per_pixel = 0.0
     try:
         _PROBED[inner] = per_pixel
     except TypeError:

@@ -211,3 +211,16 @@ def test_network_activations_are_measured_per_pixel():
 
     assert resources.network_bytes_per_pixel(ConvPrior()) == pytest.approx(3 * 4)
     assert resources.network_bytes_per_pixel(GaussianPrior(torch.zeros(3, 4, 4))) == 0
+
+
+def test_a_network_that_cannot_take_the_probe_sizes_gives_no_estimate_rather_than_an_error():
+    class Picky:
+        sigma_min, sigma_max, data_shape = 0.01, 10.0, None
+
+        def __init__(self):
+            self.net = torch.nn.Identity()
+
+        def denoise(self, x, sigma):
+            raise RuntimeError("this network takes multiples of 128 only")
+
+    assert resources.network_bytes_per_pixel(Picky()) == 0
