@@ -166,8 +166,10 @@ def run_matrix(
     images: BenchmarkImages,
     prior_name: str = "",
     log: Callable[[str], None] | None = None,
+    on_task: Callable[[MatrixReport], None] | None = None,
 ) -> MatrixReport:
-    """Run every method on every task and image of ``images``; see the module docstring."""
+    """Run every method on every task and image of ``images``; see the module docstring.
+    ``on_task`` gets the report so far after every task (to save partial results)."""
     config.validate()
     say = log or (lambda line: None)
     methods = list(config.methods) if config.methods else default_methods(prior)
@@ -205,6 +207,8 @@ def run_matrix(
                 if cell.status == "ok" and cell.psnr[-1] < reference - MARGIN_DB:
                     cell.flag(BELOW_BASELINE)
                 say(_progress(cell, name, reference))
+        if on_task is not None:
+            on_task(report)
     return report
 
 

@@ -217,8 +217,10 @@ def _run_isolated(config: SpeedConfig, cell: dict[str, Any]) -> dict[str, Any]:
     return json.loads(lines[-1])
 
 
-def run_speed(config: SpeedConfig, prior: Any = None, log: Callable[[str], None] | None = None) -> SpeedReport:
-    """Run every cell of ``config``; ``prior`` (an object) runs in this process instead of loading ``config.prior``."""
+def run_speed(config: SpeedConfig, prior: Any = None, log: Callable[[str], None] | None = None,
+              on_cell: Callable[[SpeedReport], None] | None = None) -> SpeedReport:
+    """Run every cell of ``config``; ``prior`` (an object) runs in this process instead of loading
+    ``config.prior``.  ``on_cell`` gets the report so far after every cell (to save partial results)."""
     config.validate()
     say = log or (lambda line: None)
     isolate = config.isolate and prior is None
@@ -228,7 +230,9 @@ def run_speed(config: SpeedConfig, prior: Any = None, log: Callable[[str], None]
         loaded = None  # each cell loads its own copy
     elif config.threads:
         torch.set_num_threads(config.threads)
-    cells = []
+    device = torch.device(config.prior.device) if prior is None else (getattr(prior, "device", None) or "cpu")
+    label = config.prior.label() if prior is None else type(prior).__name__
+    report = SpeedReport(config, label, [], environment(device))
     for task in config.tasks:
         for size in config.sizes:
             for method in methods:
@@ -236,11 +240,11 @@ def run_speed(config: SpeedConfig, prior: Any = None, log: Callable[[str], None]
                         "steps": config.steps_of(method), "seed": config.seed, "repeats": config.repeats,
                         "options": config.method_options.get(method, {})}
                 record = _run_isolated(config, cell) if isolate else measure_cell(loaded, **cell)
-                cells.append(record)
+                report.cells.append(record)
                 say(_progress(record))
-    device = torch.device(config.prior.device) if prior is None else (getattr(prior, "device", None) or "cpu")
-    label = config.prior.label() if prior is None else type(prior).__name__
-    return SpeedReport(config, label, cells, environment(device))
+                if on_cell is not None:
+                    on_cell(report)
+    return report
 
 
 def _progress(record: dict[str, Any]) -> str:

@@ -80,7 +80,7 @@ def build_config(args: argparse.Namespace) -> SpeedConfig:
 def run(args: argparse.Namespace) -> int:
     config = build_config(args)
     log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    report = run_speed(config, log=log)
+    report = run_speed(config, log=log, on_cell=lambda partial: write_report(partial, args.out))
     markdown, data = write_report(report, args.out)
     print(markdown_table(report), end="")
     print(f"wrote {markdown} and {data}")
