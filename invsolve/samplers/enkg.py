@@ -57,9 +57,9 @@ class EnKG(Method):
     7, then 0), one Euler step per level.  The levels are not clipped to the prior's
     range: a table prior (DDPM / ADM) clamps the timestep at the table's end and keeps
     the requested sigma, as the official code queries its ADM through EDM's ``VPPrecond``
-    at any sigma.  Before the Euler
-    step of each guided level ``i`` (all but the first and last ``skip_fraction``
-    of the ``N`` steps), the ensemble is corrected ``updates`` (``U``) times:
+    at any sigma.  Before the Euler step of each guided level ``i`` (all but the first
+    and last ``skip_fraction`` of the ``N`` steps), the ensemble is corrected ``updates``
+    (``U``) times:
 
     1. ``x0^j`` = the end of a short probability-flow ODE solve from ``x^j`` at
        ``sigma_i``: ``K_i = min(1 + (N - i) // ode_step_divisor, max_ode_steps)``
