@@ -45,10 +45,12 @@ class MCGdiff(Method):
 
     In the spectral coordinates ``xbar = V^T x`` of ``A = U diag(s) V^T`` the measurement is
     ``ybar_i = (U^T y)_i / s_i = xbar0_i + sigma_i eps`` with ``sigma_i = sigma_y / s_i``: an
-    observed coordinate looks like the diffusion state at noise level ``sigma_i``.  Each
-    observed coordinate is therefore tied to the grid level ``tau_i``, the largest level
-    ``<= sigma_i`` (the final 0 for noiseless data), and carries, at every level
-    ``sigma >= sigma_{tau_i}``, the Gaussian potential
+    observed coordinate looks like the diffusion state at noise level ``sigma_i``.  The grid
+    gets a level at each distinct ``sigma_i`` (when there are at most as many as grid levels;
+    the official GMM script adapts its grid to the singular values for the same purpose) and
+    each observed coordinate is tied to ``tau_i``, the largest level ``<= sigma_i`` (the final
+    0 for noiseless data); it carries, at every level ``sigma >= sigma_{tau_i}``, the Gaussian
+    potential
 
     .. math:: g_\sigma^i(x) = N(x_i;\ \bar y_i,\ v_i(\sigma)),\quad
               v_i(\sigma) = |\sigma^2 - \sigma_i^2| + \kappa (1 + \sigma_i^2).
@@ -76,9 +78,10 @@ class MCGdiff(Method):
     to ``ybar``, which counts the likelihood twice (its samples: mean 0.91, variance 0.094);
     here the potential at ``tau_i`` is the exact likelihood and no final weight is needed.
     The official ``tau_i`` is the grid level nearest to ``sigma_i`` and ``sigma_tau`` replaces
-    ``sigma_i`` in ``v_i``; its start is ``N(0, I)`` with uniform weights (dropping the factor
-    ``g_T``); its noiseless final weights ``1 / g_0`` undo the last potential (its draws are
-    then nearly uniform over particles, as here).
+    ``sigma_i`` in ``v_i`` (a noise level off by the grid spacing); its start is ``N(0, I)``
+    with uniform weights (dropping the factor ``g_T``, which leaves no evidence estimate);
+    its noiseless final weights ``1 / g_0`` undo the last potential (its draws are then
+    nearly uniform over particles, as here).
 
     Defaults (official ``scripts/configs``): 100 DDIM steps with ``eta = 1`` on the grid
     ``torch.linspace(0, T - 1, 100).long()`` of the prior's table (EDM grid for priors
