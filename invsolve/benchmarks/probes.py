@@ -4,6 +4,7 @@ operator call, isolated timings of the same calls, and resettable peak memory.""
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -218,7 +219,12 @@ class PeakMemory:
     def kind(self) -> str:
         if self.device.type == "cuda":
             return "CUDA max_memory_allocated"
-        return "peak RSS (VmHWM, reset per region)" if self.resettable else "process peak RSS (ru_maxrss, not reset)"
+        if not self.resettable:
+            return "process peak RSS (ru_maxrss, not reset)"
+        threshold = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+        if threshold:
+            return f"peak RSS (VmHWM, reset per region; freed blocks >= {threshold} bytes returned to the system)"
+        return "peak RSS (VmHWM, reset per region; memory the allocator kept after earlier frees is not seen)"
 
     def start(self) -> None:
         if self.device.type == "cuda":

@@ -22,16 +22,15 @@ For one method, task, image size and batch (a *cell*), :func:`measure_cell`
 Peak memory is the increment over what the process held before (weights, operator,
 measurement): CUDA ``max_memory_allocated`` or, on a CPU, the resident set size's
 high-water mark, reset per region through ``/proc/self/clear_refs``.  With
-``isolate=True`` every cell runs in its own Python process, so no cell inherits
-another's memory or caches.
+``isolate=True`` every cell runs in fresh processes (:mod:`invsolve.benchmarks.isolation`;
+on a CPU the memory is measured in a second process whose allocator returns freed
+memory to the system, the timings in the first), so no cell inherits another's memory
+or caches.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -39,6 +38,7 @@ import torch
 
 from invsolve.api import solve, working_dtype
 from invsolve.benchmarks.images import demo_images
+from invsolve.benchmarks.isolation import run_isolated
 from invsolve.benchmarks.machine import environment, first_line
 from invsolve.benchmarks.matrix import default_methods
 from invsolve.benchmarks.prior_spec import PriorSpec
@@ -58,7 +58,8 @@ class SpeedConfig:
     method's default) or per method in ``method_steps``; hyperparameters other than the
     defaults per method in ``method_options``; ``repeats`` network calls per
     timing block; ``isolate`` runs each cell in its own process, stopped after
-    ``cell_timeout`` seconds (``None``: no limit)."""
+    ``cell_timeout`` seconds (``None``: no limit); ``memory=False`` skips the memory
+    measurement (on a CPU, a second process per cell)."""
 
     prior: PriorSpec = field(default_factory=PriorSpec)
     methods: tuple[str, ...] | None = None
@@ -73,6 +74,7 @@ class SpeedConfig:
     isolate: bool = True
     threads: int | None = None
     cell_timeout: float | None = None
+    memory: bool = True
 
     @classmethod
     def quick(cls, methods: tuple[str, ...] | None = None, **changes: Any) -> "SpeedConfig":
@@ -118,10 +120,15 @@ def _reference_call(prior: Any, shape: tuple[int, ...], backward: bool, device: 
     return call
 
 
+#: What :func:`measure_cell` can measure (an isolated CPU run measures memory in a separate process).
+MEASURES = ("time", "memory")
+
+
 def measure_cell(prior: Any, method: str, task: str, size: int, batch: int = 1, steps: int | None = None,
-                 seed: int = 0, repeats: int = 5, options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Solve once (method hyperparameters ``options``, default: the method's defaults) and measure it
-    as the module docstring says; returns one JSON-ready record."""
+                 seed: int = 0, repeats: int = 5, options: dict[str, Any] | None = None,
+                 measure: tuple[str, ...] = MEASURES) -> dict[str, Any]:
+    """Solve once (method hyperparameters ``options``, default: the method's defaults) and measure
+    what ``measure`` names as the module docstring says; returns one JSON-ready record."""
     device = getattr(prior, "device", None) or torch.device("cpu")
     record: dict[str, Any] = {"method": method, "task": task, "size": size, "batch": batch, "status": "ok",
                               "threads": torch.get_num_threads()}
@@ -134,27 +141,47 @@ def measure_cell(prior: Any, method: str, task: str, size: int, batch: int = 1, 
         reason = f"needs {', '.join(m.replace('|', ' or ') for m in missing)}, which {type(op).__name__} lacks"
         return {**record, "status": "n/a", "reason": reason}
     dtype = working_dtype(y.dtype, getattr(prior, "dtype", None))
-    latent = is_latent_prior(prior)
-    main = tuple(prior.latent_shape(tuple(x.shape))) if latent else tuple(x.shape)
+    main = tuple(prior.latent_shape(tuple(x.shape))) if is_latent_prior(prior) else tuple(x.shape)
     fwd = network_call(prior, "denoise", main, False, device, dtype)
     fwd_bwd = network_call(prior, "denoise", main, True, device, dtype)
     fwd(), fwd_bwd(), operator_call(op, tuple(x.shape), False, device, dtype)()
-    memory = PeakMemory(device)
+    memory = PeakMemory(device) if "memory" in measure else None
     references = {}
-    for backward in (False, True):
+    for backward in (False, True) if memory else ():
         memory.start()
         _reference_call(prior, main, backward, device, dtype)()
         references[backward] = memory.stop()
-    block_a = {("denoise", main): (time_calls(fwd, device, repeats), time_calls(fwd_bwd, device, repeats))}
+    block_a = {}
+    if "time" in measure:
+        block_a[("denoise", main)] = (time_calls(fwd, device, repeats), time_calls(fwd_bwd, device, repeats))
     recorder, timed = RecordingPrior(prior), TimedOperator(op, device)
-    memory.start()
+    if memory:
+        memory.start()
     try:
         result = solve(y, timed, recorder, method=method, steps=steps, seed=seed, noise_sigma=bench.noise_sigma,
                        progress=False, on_nan="warn", **(options or {}))
     except Exception as err:  # report the failure in its cell, keep benchmarking the others
         return {**record, "status": "failed", "reason": first_line(err)}
-    record["peak_mib"], record["peak_increment_mib"] = memory.stop()
-    calls, network_seconds = [], 0.0
+    peak = memory.stop() if memory else None
+    record.update(options=options or {}, steps=result.options["steps"], nfe=result.nfe, seconds=result.seconds,
+                  diverged=result.diverged, backprop=sum(recorder.backwards.values()) > 0,
+                  operator_calls=dict(timed.clock.calls), operator_vjps=timed.clock.vjps)
+    if "time" in measure:
+        record.update(_network_time(prior, recorder, block_a, device, dtype, repeats))
+        record.update(_operator_time(op, timed.clock, tuple(x.shape), device, dtype, repeats))
+        record["overhead"] = result.seconds / record["network_seconds"] if record["network_seconds"] else None
+    if memory:
+        reference = references[record["backprop"]]
+        record.update(peak_mib=peak[0], peak_increment_mib=peak[1], reference_peak_mib=reference[0],
+                      reference_increment_mib=reference[1], memory_kind=memory.kind,
+                      memory_ratio=peak[1] / reference[1] if reference[1] > 0 else None)
+    return record
+
+
+def _network_time(prior: Any, recorder: RecordingPrior, block_a: dict, device: torch.device, dtype: torch.dtype,
+                  repeats: int) -> dict[str, Any]:
+    """Network seconds of the recorded calls: each call shape timed now (block B), averaged with block A."""
+    calls, total = [], 0.0
     for key, forwards in recorder.forwards.items():
         entry, shape = key
         backwards = recorder.backwards[key]
@@ -165,27 +192,21 @@ def measure_cell(prior: Any, method: str, task: str, size: int, batch: int = 1, 
         if key in block_a:
             t_fwd = (t_fwd + block_a[key][0]) / 2
             t_both = (t_both + block_a[key][1]) / 2 if backwards else 0.0
-        network_seconds += forwards * t_fwd + backwards * max(t_both - t_fwd, 0.0)
+        total += forwards * t_fwd + backwards * max(t_both - t_fwd, 0.0)
         calls.append({"entry": entry, "shape": list(shape), "forwards": forwards, "backwards": backwards,
                       "forward_s": t_fwd, "forward_backward_s": t_both if backwards else None})
-    clock = timed.clock
-    op_backward = 0.0
+    return {"network_seconds": total, "network_calls": calls}
+
+
+def _operator_time(op: Any, clock: Any, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype,
+                   repeats: int) -> dict[str, float]:
+    """Seconds inside the operator's methods plus its backward passes (isolated vjp minus forward, per vjp)."""
+    backward = 0.0
     if clock.vjps:
-        t_op = time_calls(operator_call(op, tuple(x.shape), False, device, dtype), device, repeats)
-        t_vjp = time_calls(operator_call(op, tuple(x.shape), True, device, dtype), device, repeats)
-        op_backward = clock.vjps * max(t_vjp - t_op, 0.0)
-    record.update(
-        options=options or {}, steps=result.options["steps"], nfe=result.nfe, seconds=result.seconds,
-        diverged=result.diverged,
-        network_seconds=network_seconds, overhead=result.seconds / network_seconds if network_seconds else None,
-        backprop=any(call["backwards"] for call in calls), network_calls=calls,
-        operator_seconds=clock.seconds + op_backward, operator_backward_seconds=op_backward,
-        operator_calls=dict(clock.calls), operator_vjps=clock.vjps, memory_kind=memory.kind,
-    )
-    record["reference_peak_mib"], reference = references[record["backprop"]]
-    record["reference_increment_mib"] = reference
-    record["memory_ratio"] = record["peak_increment_mib"] / reference if reference > 0 else None
-    return record
+        t_op = time_calls(operator_call(op, shape, False, device, dtype), device, repeats)
+        t_vjp = time_calls(operator_call(op, shape, True, device, dtype), device, repeats)
+        backward = clock.vjps * max(t_vjp - t_op, 0.0)
+    return {"operator_seconds": clock.seconds + backward, "operator_backward_seconds": backward}
 
 
 @dataclass
@@ -200,21 +221,6 @@ class SpeedReport:
     def to_dict(self) -> dict[str, Any]:
         return {"config": dataclasses.asdict(self.config), "prior": self.prior, "environment": self.environment,
                 "cells": self.cells}
-
-
-def _run_isolated(config: SpeedConfig, cell: dict[str, Any]) -> dict[str, Any]:
-    """One cell in a fresh Python process (``python -m invsolve.benchmarks.speed_cell``)."""
-    spec = {"prior": dataclasses.asdict(config.prior), "threads": config.threads, **cell}
-    try:
-        done = subprocess.run([sys.executable, "-m", "invsolve.benchmarks.speed_cell", json.dumps(spec)],
-                              capture_output=True, text=True, timeout=config.cell_timeout)
-    except subprocess.TimeoutExpired:
-        return {**cell, "status": "timeout", "reason": f"stopped after {config.cell_timeout:g} s"}
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        error = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {**cell, "status": "failed", "reason": f"cell process exited with {done.returncode}: {error}"}
-    return json.loads(lines[-1])
 
 
 def run_speed(config: SpeedConfig, prior: Any = None, log: Callable[[str], None] | None = None,
@@ -239,7 +245,10 @@ def run_speed(config: SpeedConfig, prior: Any = None, log: Callable[[str], None]
                 cell = {"method": method, "task": task, "size": size, "batch": config.batch,
                         "steps": config.steps_of(method), "seed": config.seed, "repeats": config.repeats,
                         "options": config.method_options.get(method, {})}
-                record = _run_isolated(config, cell) if isolate else measure_cell(loaded, **cell)
+                if isolate:
+                    record = run_isolated(config, cell)
+                else:
+                    record = measure_cell(loaded, **cell, measure=MEASURES if config.memory else ("time",))
                 report.cells.append(record)
                 say(_progress(record))
                 if on_cell is not None:
@@ -251,9 +260,12 @@ def _progress(record: dict[str, Any]) -> str:
     head = f"{record['task']} {record['size']}px {record['method']}:"
     if record.get("status") != "ok":
         return f"{head} {record.get('status')} ({record.get('reason', '')})"
-    overhead = record["overhead"]
-    return (f"{head} NFE {record['nfe']:.0f}, {record['seconds']:.2f} s, network {record['network_seconds']:.2f} s, "
-            f"overhead {overhead:.2f}, operator {record['operator_seconds']:.2f} s, "
-            f"peak +{record['peak_increment_mib']:.0f} MiB")
+    text = f"{head} NFE {record['nfe']:.0f}, {record['seconds']:.2f} s"
+    if record.get("overhead") is not None:
+        text += (f", network {record['network_seconds']:.2f} s, overhead {record['overhead']:.2f}, "
+                 f"operator {record['operator_seconds']:.2f} s")
+    if record.get("peak_increment_mib") is not None:
+        text += f", peak {record['peak_increment_mib']:+.0f} MiB (one call {record['reference_increment_mib']:+.0f})"
+    return text
 
 

@@ -1,8 +1,9 @@
 """One cell of the speed benchmark in its own process: ``python -m invsolve.benchmarks.speed_cell SPEC``.
 
-``SPEC`` is the JSON of the cell (method, task, size, batch, steps, seed, repeats), the
-prior (:class:`~invsolve.benchmarks.prior_spec.PriorSpec` fields) and ``threads``; the
-last line of standard output is the cell's JSON record.
+``SPEC`` is the JSON of the cell (method, task, size, batch, steps, seed, repeats, options,
+what to ``measure``), the prior (:class:`~invsolve.benchmarks.prior_spec.PriorSpec` fields)
+and ``threads``; the last line of standard output is the cell's JSON record.
+:mod:`invsolve.benchmarks.isolation` starts it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 import torch
 
 from invsolve.benchmarks.prior_spec import PriorSpec
-from invsolve.benchmarks.speed import measure_cell
+from invsolve.benchmarks.speed import MEASURES, measure_cell
 
 
 def main(argv: list[str]) -> int:
@@ -22,6 +23,7 @@ def main(argv: list[str]) -> int:
     if threads:
         torch.set_num_threads(int(threads))
     prior = PriorSpec(**spec.pop("prior")).load()
+    spec["measure"] = tuple(spec.get("measure", MEASURES))
     print(json.dumps(measure_cell(prior, **spec)))
     return 0
 

@@ -33,8 +33,8 @@ def _row(cell: dict[str, Any]) -> str:
         cell["method"] + (" (diverged)" if cell.get("diverged") else ""),
         str(cell["steps"]), _number(cell["nfe"], 0), _number(cell["seconds"], 2),
         _number(cell["network_seconds"], 2), _number(cell["overhead"], 2), _number(cell["operator_seconds"], 2),
-        _signed(cell["peak_increment_mib"]),
-        f"{_signed(cell['reference_increment_mib'])} ({call})", _number(cell["memory_ratio"], 2),
+        _signed(cell.get("peak_increment_mib")),
+        f"{_signed(cell.get('reference_increment_mib'))} ({call})", _number(cell.get("memory_ratio"), 2),
     ]
     return "| " + " | ".join(values) + " |"
 
@@ -52,8 +52,10 @@ def markdown_table(report: SpeedReport) -> str:
         "overhead = seconds per solve / network seconds for the same calls (forward, or forward + backward where "
         "the solve backpropagated through the network), timed in the same process before and after the solve; "
         "operator s = time inside the operator's methods plus its backward passes. Memory: "
-        f"{memory}, as the increment over what the process held before the solve; 'one network call' is the "
-        "same increment for a single network forward (+ backward) at the same batch.",
+        f"{memory}, as the increment over what the process held before the solve (weights, operator, "
+        "measurement); 'one network call' is the same increment for a single network forward (+ backward) at the "
+        "same batch" + (", measured in a second process per cell whose allocator returns freed memory (the "
+        "timings come from the first)" if config.isolate and config.memory and "RSS" in memory else "") + ".",
         "",
     ]
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}

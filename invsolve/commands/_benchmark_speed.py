@@ -39,6 +39,8 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--repeats", type=int, default=None, help="network calls per timing block (default 5)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--in-process", action="store_true", help="run every cell in this process")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="skip the peak-memory measurement (on a CPU, a second process per cell)")
     parser.add_argument("--cell-timeout", type=float, default=None, metavar="SECONDS",
                         help="stop a cell's process after this long and report it as a timeout")
     parser.add_argument("--seed", type=int, default=0)
@@ -62,6 +64,7 @@ def build_config(args: argparse.Namespace) -> SpeedConfig:
             setattr(config, name, value)
     config.seed = args.seed
     config.isolate = not args.in_process
+    config.memory = not args.no_memory
     steps = parse_key_values(args.method_steps, "--method-steps")
     if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in steps.values()):
         raise ValueError(f"--method-steps expects METHOD=N with a positive integer N, got {args.method_steps}")
