@@ -69,8 +69,11 @@ class DDNM(Method):
       i.e. ``x0 = D - V diag(lambda) V^T A^+ (A D - y)`` plus the noise of ``Lambda_noise``
       (VP ``a = sqrt(abar_{t-1})``, ``sigma_t = sqrt(1 - abar_{t-1})`` divided out).  Without an
       SVD the same rule with every nonzero singular value taken as 1 (the official
-      ``Denoising`` class; exact when ``A A^T = I``, e.g. masks): one ``lambda`` from
-      ``rho = sigma_y``, range and null parts of the noise split by ``P = A^+ A``.
+      ``Denoising`` class; exact when ``A A^T = I``, e.g. masks, the setting of the official
+      no-SVD code): one ``lambda`` from ``rho = sigma_y``, range and null parts of the noise
+      split by ``P = A^+ A``.  For other operators ``A^+ n`` is stronger than ``sigma_y`` in
+      some directions (``1 / s``) and that noise stays in the result (reflect motion blur:
+      README, "Methods × tasks").
 
     At the last step (``sigma' = 0``) the noisy rule has ``lambda = 0``: the output is ``D``.
     Time travel (``travel_length``, ``travel_repeat``): the RePaint schedule of
@@ -89,9 +92,11 @@ class DDNM(Method):
     operator classes (super-resolution, deblurring, colourisation) scale ``eps`` in the
     spectral domain without first applying ``V^T``, which scrambles the DDIM direction on
     their null space; here ``eps`` is taken to spectral coordinates like every other
-    vector (for masks, the inpainting class, both are the same).  Needs ``A^+`` (the SVD
-    where the operator has one); 1 NFE per step (plus the redone steps of time travel),
-    no network backprop.
+    vector (for masks, the inpainting class, both are the same); the official no-SVD
+    ("simplified") path is not followed for noisy problems, as it computes
+    ``sigma_t = sqrt(1 - abar_{t-1}^2)`` and scales its noise by the product of two noise
+    levels (``gamma_t * c1``).  Needs ``A^+`` (the SVD where the operator has one); 1 NFE
+    per step (plus the redone steps of time travel), no network backprop.
     """
 
     name = "ddnm"

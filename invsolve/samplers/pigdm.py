@@ -54,7 +54,7 @@ class PiGDM(Method):
     ``D + w g``.
 
     As the RED-diff repository runs it: 100 steps (``exp.num_steps=100`` in the ΠGDM
-    commands of ``sample_test.sh``) on ``range(end_step, start_step, (start_step - end_step)
+    commands of ``sample_test.sh`` and the README's example, over the yaml default of 50) on ``range(end_step, start_step, (start_step - end_step)
     // num_steps)`` with ``start_step: 1000``, ``end_step: 0`` (``_configs/exp/default.yaml``):
     t = 990, 980, …, 0 of the prior's table (the EDM grid for priors without one);
     ``eta = 1`` (``algo.eta=1.0`` in every ΠGDM command of ``sample_test.sh`` and
