@@ -136,8 +136,9 @@ class SeparableReflect:
     (:func:`operators.reflect.reflect_convolution_matrix`), so ``A = R_u ⊗ R_v`` and
 
     * ``A^T y = R_u^T y R_v``, ``A^T A x = (R_u^T R_u) x (R_v^T R_v)``;
-    * the exact SVD is :class:`operators.separable.SeparableSVD` of the two matrices,
-      which also gives the truncated pseudo-inverse and the prox in closed form.
+    * the SVD is :class:`operators.separable.SeparableSVD` of the two matrices (each
+      factor truncated at ``factor_rcond``), which also gives the truncated
+      pseudo-inverse and the exact prox in closed form.
 
     Images whose longer side is at most :attr:`matmul_max_side` use the matrix
     products (``2 H W (H + W)`` flops per channel); larger ones use
@@ -151,8 +152,11 @@ class SeparableReflect:
     #: 9.1 / 6.5 at 320, 36.7 / 18.4 at 512.
     matmul_max_side = 288
 
-    def __init__(self, kernel: Tensor, factors: tuple[Tensor, Tensor], center: tuple[int, int]):
+    def __init__(
+        self, kernel: Tensor, factors: tuple[Tensor, Tensor], center: tuple[int, int], factor_rcond: float = 0.0
+    ):
         self.factors = factors
+        self.factor_rcond = factor_rcond
         self.center = center
         self.fft = ReflectFFT(kernel, center)
         self._matrices: dict[tuple, Tensor] = {}
@@ -194,5 +198,5 @@ class SeparableReflect:
         key = tuple(x_shape[1:])
         if key not in self._svds:
             channels, height, width = key
-            self._svds[key] = SeparableSVD(self.matrix(0, height), self.matrix(1, width), channels)
+            self._svds[key] = SeparableSVD(self.matrix(0, height), self.matrix(1, width), channels, self.factor_rcond)
         return self._svds[key]

@@ -22,15 +22,28 @@ class SeparableSVD(SVD):
     The same factors give the pseudo-inverse and the prox in closed form
     (:meth:`pinv`, :meth:`prox`) with four or six ``n x n`` matrix products.  The
     factors are cast to each input's device and dtype once and kept.
+
+    ``factor_rcond`` truncates each 1-D factor: its singular values at or below
+    ``factor_rcond * max`` become 0, so the coordinates they pair with count as null
+    space in :attr:`singular_values` and :meth:`pinv` (the ``ZERO = 3e-2`` rule of the
+    ``Deblurring`` / ``SRConv`` classes of DDRM's ``functions/svd_replacement.py``, which
+    DDNM and NVlabs/RED-diff's ΠGDM share).  The SVD is then that of the truncated
+    operator ``A_t``, ``||A - A_t|| <= factor_rcond * ||A||``; :meth:`prox` stays the
+    exact prox of ``A``.
     """
 
-    def __init__(self, rows: Tensor, cols: Tensor, channels: int):
+    def __init__(self, rows: Tensor, cols: Tensor, channels: int, factor_rcond: float = 0.0):
         self.channels = channels
         (self.low_h, self.height), (self.low_w, self.width) = rows.shape, cols.shape
         uh, s_h, vh_t = torch.linalg.svd(rows.double(), full_matrices=True)
         uw, s_w, vw_t = torch.linalg.svd(cols.double(), full_matrices=True)
         self._factors = {"uh": uh, "vh": vh_t.T, "uw": uw, "vw": vw_t.T}
-        #: ``s_H[i] s_W[j]`` as an ``(h, w)`` float64 grid.
+        self.factor_rcond = float(factor_rcond)
+        #: ``s_H[i] s_W[j]`` as an ``(h, w)`` float64 grid (exact; the prox uses it).
+        self.exact_grid = s_h[:, None] * s_w[None, :]
+        s_h = torch.where(s_h > self.factor_rcond * s_h.max(), s_h, 0)
+        s_w = torch.where(s_w > self.factor_rcond * s_w.max(), s_w, 0)
+        #: the same grid with truncated factors: the spectrum of :attr:`singular_values` and :meth:`pinv`.
         self.grid = s_h[:, None] * s_w[None, :]
         self._s = self.grid.flatten().repeat(channels).to(torch.get_default_dtype())
         kept = torch.zeros(self.height, self.width, dtype=torch.bool)
@@ -39,13 +52,13 @@ class SeparableSVD(SVD):
         self._cache: dict[tuple, Tensor] = {}
 
     def _get(self, name: str, like: Tensor) -> Tensor:
-        """Factor ``name`` (``uh``, ``vh``, ``uw``, ``vw``, ``grid``, ``order``) on ``like``'s device and dtype."""
+        """Factor ``name`` (``uh``, ``vh``, ``uw``, ``vw``, ``grid``, ``exact_grid``, ``order``) on ``like``'s device and dtype."""
         key = (name, like.device, like.dtype)
         if key not in self._cache:
             if name == "order":
                 self._cache[key] = self._order.to(like.device)
             else:
-                source = self.grid if name == "grid" else self._factors[name]
+                source = {"grid": self.grid, "exact_grid": self.exact_grid}.get(name, self._factors.get(name))
                 self._cache[key] = source.to(device=like.device, dtype=like.dtype)
         return self._cache[key]
 
@@ -79,7 +92,7 @@ class SeparableSVD(SVD):
     def pinv(self, y: Tensor, rcond: float) -> Tensor:
         r"""``A^+ y = V_H[:, :h] ((U_H^T y U_W) / S) V_W[:, :w]^T``, dropping ``S <= rcond max S`` (truncated SVD)."""
         grid = self._get("grid", y)
-        keep = grid > rcond * grid.max()
+        keep = (grid > rcond * grid.max()) & (grid > 0)
         inverse = torch.where(keep, 1 / torch.where(keep, grid, 1), 0)
         coords = (self._get("uh", y).T @ y @ self._get("uw", y)) * inverse
         return self._get("vh", y)[:, : self.low_h] @ coords @ self._get("vw", y)[:, : self.low_w].T
@@ -92,7 +105,7 @@ class SeparableSVD(SVD):
         ``rho`` is positive, a scalar or shaped to broadcast per item.
         """
         vh, vw = self._get("vh", x0), self._get("vw", x0)
-        grid = self._get("grid", x0)
+        grid = self._get("exact_grid", x0)
         coords = vh.T @ x0 @ vw
         measured = self._get("uh", y).T @ y @ self._get("uw", y)
         block = coords[..., : self.low_h, : self.low_w]

@@ -63,9 +63,9 @@ def _dense(kernel: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 # (operator, image size): the issue's Gaussian 9/2.0 (at 24^2 here, 32^2 below), a box, and the gauss61 preset kernel.
 SEPARABLE = [
-    (lambda: GaussianBlur(9, 2.0, rcond=1e-12), (24, 24)),
-    (lambda: UniformBlur(5, rcond=1e-12), (15, 17)),
-    (lambda: GaussianBlur(61, 3.0, truncate=4.0, rcond=1e-12), (26, 24)),
+    (lambda: GaussianBlur(9, 2.0, rcond=1e-12, factor_rcond=0), (24, 24)),
+    (lambda: UniformBlur(5, rcond=1e-12, factor_rcond=0), (15, 17)),
+    (lambda: GaussianBlur(61, 3.0, truncate=4.0, rcond=1e-12, factor_rcond=0), (26, 24)),
 ]
 SEPARABLE_IDS = ["gaussian9", "uniform5", "gauss61-preset"]
 
@@ -130,10 +130,10 @@ def test_pinv_and_prox_match_dense_solves(build, size):
 def test_issue_cases_now_reproduce_measurements_at_the_default_rcond():
     """``A A^+ (A x)`` missed ``A x`` by 20 % (Gaussian 9/2.0) and 12 % (uniform 5) with 50 CG steps.
 
-    At the default rcond 1e-4 the truncated pseudo-inverse loses at most
-    ``1.5e-4 ||x|| / ||A x||`` (the dropped singular directions).
+    With exact factors (``factor_rcond=0``) and the default rcond 1e-4 the truncated
+    pseudo-inverse loses at most ``1.5e-4 ||x|| / ||A x||`` (the dropped singular directions).
     """
-    for op, shape in ((GaussianBlur(9, 2.0), (1, 3, 32, 32)), (UniformBlur(5), (1, 3, 15, 15))):
+    for op, shape in ((GaussianBlur(9, 2.0, factor_rcond=0), (1, 3, 32, 32)), (UniformBlur(5, factor_rcond=0), (1, 3, 15, 15))):
         x = torch.randn(shape, generator=_gen(4), dtype=DOUBLE)
         y = op(x)
         assert _rel(op(op.pinv(y)), y) < 1.5e-4 * (x.norm() / y.norm()).item()
@@ -226,3 +226,38 @@ def test_svd_methods_run_on_the_gauss61_preset(method):
     y = op.measure(x, 0.05, generator=_gen(10))
     result = solve(y, op, prior, method=method, steps=5, noise_sigma=0.05, seed=0, progress=False)
     assert result.samples.shape[-3:] == (3, 32, 32) and torch.isfinite(result.samples).all()
+
+
+def test_default_svd_truncates_each_factor_as_the_official_ddrm_deblurring_class():
+    """DDRM ``functions/svd_replacement.py`` ``Deblurring`` (shared by DDNM and NVlabs/RED-diff
+    ``utils/degredations.py``): 1-D singular values below ``ZERO = 3e-2`` are set to 0.
+
+    The singular values are then ``s_H[i] s_W[j]`` with truncated factors (from numpy's SVD of
+    the dense 1-D reflect matrices), the SVD rebuilds that truncated operator, whose distance to
+    ``A`` is at most ``0.03 ||A||`` in spectral norm, and ``pinv`` is its pseudo-inverse.
+    """
+    size = (26, 24)
+    op = GaussianBlur(61, 3.0, truncate=4.0, rcond=1e-12)
+    assert op.factor_rcond == 0.03
+    u, v = separable_factors(op.kernel)
+    factors = []
+    for vector, length, center in ((u, size[0], op.center[0]), (v, size[1], op.center[1])):
+        values = np.linalg.svd(reflect_convolution_matrix(vector, length, center).numpy(), compute_uv=False)
+        factors.append(np.where(values > 0.03 * values.max(), values, 0.0))
+    expected = np.sort(np.outer(*factors).ravel())[::-1]
+    n = size[0] * size[1]
+    svd = op.svd((n, 1, *size))
+    s = svd.grid.flatten()
+    assert np.allclose(np.sort(s.numpy())[::-1], expected, rtol=0, atol=1e-12)
+    assert (s == 0).sum() > 0
+    basis = torch.eye(n, dtype=DOUBLE).reshape(n, 1, *size)
+    truncated = svd.U(s * svd.Vt(basis)[:, : s.numel()]).reshape(n, n).T
+    dense = _dense(op.kernel, *size)
+    gap = torch.linalg.matrix_norm(dense - truncated, ord=2) / torch.linalg.matrix_norm(dense, ord=2)
+    assert 0 < gap <= 0.03 + 1e-12
+    y = torch.randn(2, 1, *size, generator=_gen(8), dtype=DOUBLE)
+    expected_pinv = y.flatten(1) @ torch.from_numpy(np.linalg.pinv(truncated.numpy(), rcond=1e-6)).T
+    assert _rel(op.pinv(y).flatten(1), expected_pinv) < 1e-9
+    x0 = torch.randn(2, 1, *size, generator=_gen(9), dtype=DOUBLE)
+    prox = torch.linalg.solve(dense.T @ dense + 0.5 * torch.eye(n, dtype=DOUBLE), (y.flatten(1) @ dense + 0.5 * x0.flatten(1)).T).T
+    assert _rel(op.prox(x0, y, 0.5).flatten(1), prox) < 1e-10  # the prox stays exact

@@ -79,20 +79,20 @@ class Case:
 
 
 CASES = [
-    Case("gaussian-reflect", "gaussian_blur", lambda: GaussianBlur(7, 1.5, rcond=1e-12), (2, 3, 16, 16), True),
+    Case("gaussian-reflect", "gaussian_blur", lambda: GaussianBlur(7, 1.5, rcond=1e-12, factor_rcond=0), (2, 3, 16, 16), True),
     Case("gaussian-circular", "gaussian_blur", lambda: GaussianBlur(7, 1.5, "circular", 1e-8), (2, 3, 16, 16), True),
-    Case("gaussian61-reflect", "gaussian_blur", lambda: GaussianBlur(61, 3.0, rcond=1e-12), (1, 3, 24, 24), True),
+    Case("gaussian61-reflect", "gaussian_blur", lambda: GaussianBlur(61, 3.0, rcond=1e-12, factor_rcond=0), (1, 3, 24, 24), True),
     Case(
         "gauss61-preset-reflect",
         "gaussian_blur",
-        lambda: GaussianBlur(61, 3.0, truncate=4.0, rcond=1e-12),
+        lambda: GaussianBlur(61, 3.0, truncate=4.0, rcond=1e-12, factor_rcond=0),
         (1, 2, 40, 36),
         True,
     ),
     Case("gaussian61-circular", "gaussian_blur", lambda: GaussianBlur(61, 3.0, "circular", 1e-8), (1, 3, 24, 24), True),
     Case("motion-reflect", "motion_blur", lambda: MotionBlur(9, 0.5, seed=1), (2, 3, 16, 16), False, True),
     Case("motion-circular", "motion_blur", lambda: MotionBlur(9, 0.5, 1, "circular", rcond=1e-8), (2, 3, 16, 16), True),
-    Case("uniform-reflect", "uniform_blur", lambda: UniformBlur(5, rcond=1e-12), (2, 3, 15, 15), True),
+    Case("uniform-reflect", "uniform_blur", lambda: UniformBlur(5, rcond=1e-12, factor_rcond=0), (2, 3, 15, 15), True),
     # 5-tap box on 15 pixels: the DFT vanishes at frequency 3, so A has a true null space.
     Case("uniform-circular", "uniform_blur", lambda: UniformBlur(5, "circular", rcond=1e-8), (2, 3, 15, 15), True),
     Case("blur-well-conditioned", None, lambda: Blur(_well_conditioned_kernel()), (2, 3, 16, 16), False, True),
