@@ -64,7 +64,7 @@ class Task:
 #: Methods chosen on the tuning crops (``tune_quality_bar.py``): the mean of several posterior samples
 #: for the PSNR-scored tasks (16 for SR, where DDRM's samples are cheap), one sample for the inpainting fill.
 TASKS: dict[str, Task] = {
-    "deblur": Task("gaussian_blur", {"kernel_size": 61, "sigma": 3.0, "padding": "circular"}, "pigdm", 20, samples=4),
+    "deblur": Task("gaussian_blur", {"kernel_size": 61, "sigma": 3.0, "padding": "circular"}, "ddrm", 20, samples=4),
     "sr": Task("super_resolution", {"factor": 4, "method": "bicubic"}, "ddrm", 20, samples=16),
     "inpaint": Task("inpainting", {"mask": "box", "size": 32, "position": "center"}, "ddnm", 20),
 }
