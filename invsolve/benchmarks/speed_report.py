@@ -47,7 +47,10 @@ def markdown_table(report: SpeedReport) -> str:
         f"Speed of every method on prior `{report.prior}`, batch {config.batch}, "
         + (f"{config.steps} steps for every method" if config.steps else "each method's default steps")
         + (f" ({', '.join(f'{m} {n}' for m, n in sorted(config.method_steps.items()))})" if config.method_steps else "")
-        + f"; {'one process per cell' if config.isolate else 'one process'}. Ran {describe(report.environment)}.",
+        + f"; {'one process per cell' if config.isolate else 'one process'}. Ran {describe(report.environment)}."
+        + (" Hyperparameters other than the defaults: " + "; ".join(
+            f"{m} " + ", ".join(f"{k}={v}" for k, v in o.items()) for m, o in sorted(config.method_options.items()))
+           + "." if config.method_options else ""),
         "",
         "overhead = seconds per solve / network seconds for the same calls (forward, or forward + backward where "
         "the solve backpropagated through the network), timed in the same process before and after the solve; "
