@@ -6,7 +6,7 @@ import dataclasses
 import os
 import time
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -88,13 +88,26 @@ def _last_state(err: DivergenceError, problem: Problem, prior: Any) -> Tensor:
     return state
 
 
+def _seeds(seed: int | Sequence[int] | None, batch: int) -> list[int]:
+    """The seed of each generator: one (``None``: drawn at random; an int), or one per image."""
+    if seed is None:
+        return [int.from_bytes(os.urandom(7), "little")]
+    if isinstance(seed, Sequence) and not isinstance(seed, (str, bytes)):
+        if len(seed) != batch:
+            raise ValueError(
+                f"seed holds {len(seed)} seeds for a measurement batch of {batch}; give one int, or one seed per image"
+            )
+        return [check_count(f"seed[{i}]", s, 0, 2**64 - 1) for i, s in enumerate(seed)]
+    return [check_count("seed", seed, 0, 2**64 - 1)]
+
+
 def solve(
     measurement: Tensor,
     operator: Any,
     prior: Any,
     method: str = "dps",
     steps: int | None = None,
-    seed: int | None = None,
+    seed: int | Sequence[int] | None = None,
     num_samples: int = 1,
     noise_sigma: float | None = None,
     progress: bool = True,
@@ -114,6 +127,14 @@ def solve(
     operator nor the prior implies the shape of the unknown.  Remaining keyword
     arguments are the method's hyperparameters.
 
+    ``seed`` may also be a sequence of ``B`` seeds, one per image of the measurement
+    batch (``invsolve evaluate --batch-size``): each image draws its noise from its own
+    generator (:meth:`invsolve.samplers.Problem.randn`), so image ``b`` of the batch
+    restores as it would alone with ``seed=seed[b]``, to float rounding (a batched
+    network differs from batch 1 in the last bits).  Exceptions, equal only in
+    distribution: what a method draws from the shared generator (the SMC resampling of
+    ``mcgdiff`` and ``tds``) and a ``Tiled`` prior's shifts (``seed[0]``'s for every image).
+
     A prior with a fixed ``data_shape`` (an attention UNet, in latent units for a
     latent prior) and an unknown of another height or width is wrapped in
     :class:`priors.Tiled` (shifted overlapping tiles, default settings) and the tiling
@@ -124,6 +145,14 @@ def solve(
     The denoised estimate is clamped to the prior's ``data_range`` where the method's
     official code clamps or the prior's scheduler does (``clip_denoised`` option of
     every method; the resolved value is in ``Result.options``).
+
+    Precision and compilation belong to the prior, so they are chosen once, not per
+    solve: ``load_prior(name, dtype=torch.bfloat16)`` (or ``float16``) runs the network
+    in half precision while the sampler state, the data-consistency steps and the
+    operator stay float32 (:func:`working_dtype`); ``priors.compiled.accelerated(prior,
+    compile=True, channels_last=True)`` wraps the network in ``torch.compile`` (falling
+    back to eager with a warning where it cannot run) and / or the channels-last layout.
+    A compiled prior compiles at its first call per shape and is reused by later solves.
 
     A solve whose samples become NaN or infinite stops at that step: with
     ``on_nan="raise"`` (default) it raises :class:`invsolve.samplers.DivergenceError`
@@ -145,11 +174,11 @@ def solve(
     num_samples = check_count("num_samples", num_samples)
     steps = cls.default_steps if steps is None else check_count("steps", steps, 1, MAX_STEPS)
     shape = infer_x_shape(measurement, operator, prior, x_shape)
-    seed = int.from_bytes(os.urandom(7), "little") if seed is None else check_count("seed", seed, 0, 2**64 - 1)
+    seeds = _seeds(seed, measurement.shape[0])
     if needs_tiling(prior, shape):
         prior = Tiled(prior)
     if isinstance(prior, Tiled):
-        prior.reseed(seed)
+        prior.reseed(seeds[0])
 
     device = getattr(prior, "device", None) or measurement.device
     dtype = working_dtype(measurement.dtype, getattr(prior, "dtype", None))
@@ -166,10 +195,11 @@ def solve(
         x_shape=(num_samples * shape[0], *shape[1:]),
         noise_sigma=noise_sigma,
         steps=steps,
-        generator=torch.Generator(device=device).manual_seed(seed),
+        generator=torch.Generator(device=device).manual_seed(seeds[0]),
         callback=callback,
         progress=progress,
         method=cls.name,
+        generators=tuple(torch.Generator(device=device).manual_seed(s) for s in seeds) if len(seeds) > 1 else None,
     )
     algorithm = algorithm.resolved(problem)
     calls_before = getattr(operator, "forward_calls", 0)
@@ -203,7 +233,7 @@ def solve(
         options={
             **algorithm.options(),
             "steps": steps,
-            "seed": seed,
+            "seed": seeds[0] if len(seeds) == 1 else list(seeds),
             "noise_sigma": noise_sigma,
             "num_samples": num_samples,
             **tiling,

@@ -170,11 +170,12 @@ def test_ddim_step_matches_its_formula():
     x0 = torch.randn(100_000, 2, generator=g, dtype=torch.float64)
     x = x0 + s * torch.randn(x0.shape, generator=g, dtype=torch.float64)
     eps = (x - x0) / s
-    torch.testing.assert_close(ddim_step(x0, eps, s, s_next, 0.0, g), x0 + s_next / s * (x - x0))
+    noise = lambda shape: torch.randn(shape, generator=g, dtype=torch.float64)  # noqa: E731
+    torch.testing.assert_close(ddim_step(x0, eps, s, s_next, 0.0, None), x0 + s_next / s * (x - x0))
     c = s_next * math.sqrt(1 - s_next**2 / s**2)
-    injected = ddim_step(x0, eps, s, s_next, 1.0, g) - x0 - math.sqrt(s_next**2 - c**2) * eps
+    injected = ddim_step(x0, eps, s, s_next, 1.0, noise) - x0 - math.sqrt(s_next**2 - c**2) * eps
     assert abs(injected.std().item() - c) < 0.01 * c
-    assert torch.equal(ddim_step(x0, eps, s, 0.0, 1.0, g), x0)
+    assert torch.equal(ddim_step(x0, eps, s, 0.0, 1.0, noise), x0)
 
 
 def test_matrix_operator_against_its_definition():

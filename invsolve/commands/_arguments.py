@@ -105,3 +105,29 @@ def add_task_arguments(parser: argparse.ArgumentParser, preset_note: str) -> Non
         "--noise-sigma", type=noise_level, default=None,
         help="measurement noise std on the [-1, 1] scale (default 0.05, or the preset's; given, it overrides the preset's)",
     )
+
+
+#: ``--dtype`` choices: the network's precision (the sampler state stays float32).
+NETWORK_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def add_network_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--dtype``, ``--compile`` and ``--channels-last``: how the prior's network runs."""
+    parser.add_argument(
+        "--dtype", choices=NETWORK_DTYPES, default="float32",
+        help="precision of the network (default float32); the sampler state and the operator stay float32",
+    )
+    parser.add_argument(
+        "--compile", action="store_true",
+        help="run the network under torch.compile (the first call of each shape compiles; where torch.compile "
+        "is unavailable a warning says why and the network runs uncompiled)",
+    )
+    parser.add_argument(
+        "--channels-last", action="store_true",
+        help="network weights and inputs in the channels-last (NHWC) layout, often faster for convolutions",
+    )
+
+
+def network_dtype(name: str) -> torch.dtype | None:
+    """The ``dtype`` to give ``load_prior`` for ``--dtype name`` (``None``: as the checkpoint loads, float32)."""
+    return None if name == "float32" else getattr(torch, name)

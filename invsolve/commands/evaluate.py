@@ -7,7 +7,7 @@ import logging
 import sys
 
 import operators
-from invsolve.commands._arguments import add_task_arguments, parse_key_values, whole_number
+from invsolve.commands._arguments import add_network_arguments, add_task_arguments, parse_key_values, whole_number
 from invsolve.evaluation import EvaluationSettings, evaluate_folder
 from invsolve.evaluation.settings import METRICS
 from invsolve.validation import MAX_STEPS
@@ -64,6 +64,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="device of a single process (default: CUDA when available; accelerate picks it per process)",
     )
     parser.add_argument("--grid-rows", type=whole_number(1), default=8, help="images shown in grid.png (default 8)")
+    parser.add_argument(
+        "--batch-size", type=whole_number(1), default=1, metavar="B",
+        help="images restored together in one solve per method (default 1); each keeps its own seed, so the "
+        "results are those of B = 1 to float rounding (SMC resampling of mcgdiff / tds: equal in distribution)",
+    )
+    add_network_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -84,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
         operator_args=dict(preset.options) if preset else parse_key_values(args.operator_arg, "--operator-arg"),
         noise_sigma=noise_sigma, size=args.size, limit=args.limit, seed=args.seed, steps=args.steps,
         metrics=tuple(_names(args.metrics)), lpips_net=args.lpips_net, overwrite=args.overwrite,
-        device=args.device, grid_rows=args.grid_rows, progress=not args.quiet,
+        device=args.device, grid_rows=args.grid_rows, progress=not args.quiet, batch_size=args.batch_size,
+        dtype=args.dtype, compile=args.compile, channels_last=args.channels_last,
     )
     summary = evaluate_folder(settings)
     if summary is not None:

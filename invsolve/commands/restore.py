@@ -18,12 +18,20 @@ import priors
 from operators.base import Operator
 from invsolve import io
 from invsolve.api import ON_NAN, methods, solve
-from invsolve.commands._arguments import add_task_arguments, parse_key_values, resolve_device, whole_number
+from invsolve.commands._arguments import (
+    add_network_arguments,
+    add_task_arguments,
+    network_dtype,
+    parse_key_values,
+    resolve_device,
+    whole_number,
+)
 from invsolve.metrics import psnr
 from invsolve.resources import check_working_set
 from invsolve.result import Result
 from invsolve.samplers import registered
 from invsolve.validation import MAX_STEPS, check_method_options, infer_x_shape
+from priors.compiled import accelerated
 
 #: The simulated measurement noise uses ``seed + MEASUREMENT_SEED_OFFSET`` so that it
 #: is independent of the sampler's noise, which uses ``seed``.
@@ -81,6 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="when the samples become NaN or infinite: stop with an error (raise, default) or write the "
         "last finite state with a warning (warn)",
     )
+    add_network_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -94,7 +103,10 @@ def run(args: argparse.Namespace) -> int:
     operator, args.noise_sigma = _operator_and_noise(args)
     device = resolve_device(args.device)
 
-    prior = priors.load_prior(args.prior, device=device)
+    prior = accelerated(
+        priors.load_prior(args.prior, device=device, dtype=network_dtype(args.dtype)),
+        compile=args.compile, channels_last=args.channels_last,
+    )
     mode = priors.image_mode(prior)
     notes = []
     clean = None
@@ -122,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
         raise FloatingPointError(f"{result.method} diverged at its first step: there is no finite state to write")
     if result.diverged:
         notes.append(f"{result.method} diverged (--on-nan warn): the outputs hold its last finite state")
+    if args.compile and prior.status != "compiled":
+        notes.append(f"the network ran uncompiled: {prior.status}")
     if "tiling" in result.options:
         height, width = result.options["tiling"]["tile"]
         notes.append(f"the prior is fixed at {height}x{width}; the image was restored in overlapping tiles")

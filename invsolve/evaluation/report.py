@@ -40,11 +40,13 @@ def summarize(rows: list[dict[str, str]], requested: list[str], context: dict[st
     for method in method_order(rows, requested):
         mine = [row for row in rows if row["method"] == method]
         memory = _numbers(mine, "peak_memory_mib")
+        seconds = _numbers(mine, "seconds")
         methods[method] = {
             "images": len(mine),
             **{metric: _mean_std(_numbers(mine, metric)) for metric in SCORE_HEADERS},
             "nfe": statistics.fmean(_numbers(mine, "nfe")),
-            "seconds_per_image": statistics.fmean(_numbers(mine, "seconds")),
+            "seconds_per_image": statistics.fmean(seconds),
+            "images_per_second": len(seconds) / sum(seconds) if sum(seconds) > 0 else None,
             "peak_memory_mib": max(memory) if memory else None,
         }
     return {**context, "methods": methods}
@@ -74,19 +76,34 @@ def render_markdown(summary: dict[str, Any]) -> str:
         f"- metrics on [0, 1]; mean ± sample std over images; LPIPS backbone {lpips['backbone']}"
         + ("" if lpips["available"] else f" — **unavailable** ({lpips['reason']})"),
         f"- peak memory: {summary['memory']}",
+        *_network_line(summary.get("network")),
         f"- grid.png columns: {', '.join(['ground truth', 'measurement', *summary['methods']])}",
         "",
-        "| method | images | " + " | ".join(SCORE_HEADERS.values()) + " | NFE | s / image | peak memory (MiB) |",
-        "|---|---:|" + "---:|" * len(SCORE_HEADERS) + "---:|---:|---:|",
+        "| method | images | " + " | ".join(SCORE_HEADERS.values())
+        + " | NFE | s / image | images / s | peak memory (MiB) |",
+        "|---|---:|" + "---:|" * len(SCORE_HEADERS) + "---:|---:|---:|---:|",
     ]
     for method, stats in summary["methods"].items():
         memory = "n/a" if stats["peak_memory_mib"] is None else f"{stats['peak_memory_mib']:.0f}"
+        rate = stats.get("images_per_second")
         scores = [_cell(stats["psnr"], 2), _cell(stats["ssim"], 4), _cell(stats["lpips"], 4)]
         lines.append(
             f"| {method} | {stats['images']} | " + " | ".join(scores)
-            + f" | {stats['nfe']:g} | {stats['seconds_per_image']:.3f} | {memory} |"
+            + f" | {stats['nfe']:g} | {stats['seconds_per_image']:.3f} | "
+            + ("n/a" if rate is None else f"{rate:.3g}") + f" | {memory} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _network_line(network: dict[str, Any] | None) -> list[str]:
+    """The line saying how the network ran (absent from summaries of older runs)."""
+    if not network:
+        return []
+    return [
+        f"- network: {network['dtype']}, torch.compile {network['compile']}, "
+        f"channels-last {'on' if network['channels_last'] else 'off'}; {network['batch_size']} image(s) per solve "
+        "(s / image: a batched solve's time shared by its images; images / s = images / total seconds)"
+    ]
 
 
 def write_summary(summary: dict[str, Any], json_path: Path, markdown_path: Path) -> None:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 import operators
 import priors
 from invsolve.evaluation.baseline import NO_LEARNING, baseline_kind
+from invsolve.evaluation.batch import chunks
 from invsolve.evaluation.dataset import ImageEntry, list_images, shard
 from invsolve.evaluation.grid import write_grid
 from invsolve.evaluation.layout import OutputLayout, check_out_folder
@@ -47,6 +48,7 @@ from invsolve.metrics import LPIPS, net_label
 from invsolve.resources import check_working_set
 from invsolve.samplers import registered
 from invsolve.validation import check_methods_fit
+from priors.compiled import accelerated
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +73,22 @@ def process_state(device: str | None) -> Any:
         or (several and not torch.cuda.is_available())
     )
     return PartialState(cpu=use_cpu, timeout=BARRIER_TIMEOUT)
+
+
+def load_network(settings: EvaluationSettings, device: torch.device) -> Any:
+    """The prior with its network in ``settings.dtype`` (float32: as loaded), compiled and / or
+    channels-last when asked (:func:`priors.compiled.accelerated`, which falls back to eager
+    with a warning where ``torch.compile`` cannot run)."""
+    dtype = None if settings.dtype == "float32" else getattr(torch, settings.dtype)
+    prior = priors.load_prior(settings.prior, device=device, dtype=dtype)
+    return accelerated(prior, compile=settings.compile, channels_last=settings.channels_last)
+
+
+def network_summary(settings: EvaluationSettings, prior: Any) -> dict[str, Any]:
+    """What ran the network, for the summary: dtype, compilation status, layout, batch size."""
+    status = getattr(prior, "status", "eager") if settings.compile else "not asked for"
+    return {"dtype": settings.dtype, "compile": status, "channels_last": settings.channels_last,
+            "batch_size": settings.batch_size}
 
 
 def _image_format(prior: Any, size: int | None) -> tuple[str, tuple[int, int]]:
@@ -175,12 +193,13 @@ def _evaluate(
     device = torch.device(settings.device) if single and settings.device else state.device
     task = operators.preset(settings.preset) if settings.preset is not None else None
     operator = task.build(seed=settings.seed) if task else operators.build(settings.operator, **settings.operator_args)
-    prior = priors.load_prior(settings.prior, device=device)
+    prior = load_network(settings, device)
     check_methods_fit(settings.methods, registered(), operator, prior)
     mode, hw = _image_format(prior, settings.size)
     if "ssim" in settings.metrics and min(hw) < 11:
         raise ValueError(f"SSIM needs images of at least 11x11 pixels; use --size 11 or more (got {hw})")
-    check_working_set((1, 3 if mode == "RGB" else 1, *hw), 1, device, "use a smaller --size", prior)
+    check_working_set((settings.batch_size, 3 if mode == "RGB" else 1, *hw), 1, device,
+                      "use a smaller --size or --batch-size", prior)
     current = identity(settings, hw)
     if not settings.overwrite:
         check_resumable(layout, current)
@@ -209,11 +228,13 @@ def _evaluate(
     metrics_path = layout.claim(rank_path(layout.metrics, state.process_index, state.num_processes))
     errors_path = layout.claim(rank_path(layout.errors, state.process_index, state.num_processes))
     with CsvLog(metrics_path, METRIC_COLUMNS) as rows, CsvLog(errors_path, ERROR_COLUMNS) as errors:
-        _run_tasks(tasks, all_methods, evaluator, rows, errors, settings.progress and state.is_main_process)
+        _run_tasks(tasks, all_methods, evaluator, rows, errors, settings.progress and state.is_main_process,
+                   settings.batch_size)
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
-    return _finish(settings, layout, entries, hw, mode, operator, device, evaluator.lpips, state.num_processes)
+    return _finish(settings, layout, entries, hw, mode, operator, device, evaluator.lpips, state.num_processes,
+                   network_summary(settings, prior))
 
 
 def _run_tasks(
@@ -223,9 +244,11 @@ def _run_tasks(
     rows: CsvLog,
     errors: CsvLog,
     progress: bool,
+    batch_size: int = 1,
 ) -> None:
-    """Work through ``tasks``, recording each finished pair at once; unreadable images and
-    diverged runs go to ``errors`` (and are tried again by the next run)."""
+    """Work through ``tasks`` ``batch_size`` images at a time (one solve per method and batch),
+    recording each finished pair at once; unreadable images and diverged runs go to
+    ``errors`` (and are tried again by the next run)."""
     overall = tqdm(total=sum(len(p) for _, p in tasks), desc="overall", disable=not progress, dynamic_ncols=True)
     per_method = {
         method: tqdm(
@@ -235,28 +258,32 @@ def _run_tasks(
         for i, method in enumerate(all_methods)
     }
     baseline_missing = False
-    for entry, pending in tasks:
-        try:
-            x = evaluator.read(entry)
-        except UNREADABLE as err:
-            errors.append(_error_row(entry, "", err))
-            overall.update(len(pending))
-            continue
-        y = evaluator.measure(entry, x)
-        for method in pending:
-            overall.set_postfix_str(f"{method} on {entry.key}", refresh=False)
+    for chunk in chunks(tasks, batch_size):
+        measured = []
+        for entry, pending in chunk:
             try:
-                row = evaluator.restore(entry, x, y, method)
-            except FloatingPointError as err:  # a DivergenceError, or NaN / inf in the restoration
-                errors.append(_error_row(entry, method, err))
-            else:
-                if row is not None:
-                    rows.append(row)
+                x = evaluator.read(entry)
+            except UNREADABLE as err:
+                errors.append(_error_row(entry, "", err))
+                overall.update(len(pending))
+                continue
+            measured.append((entry, pending, x, evaluator.measure(entry, x)))
+        for method in all_methods:
+            batch = [(entry, x, y) for entry, pending, x, y in measured if method in pending]
+            if not batch:
+                continue
+            overall.set_postfix_str(f"{method} on {batch[0][0].key}" + (f" +{len(batch) - 1}" if len(batch) > 1 else ""),
+                                    refresh=False)
+            for entry, outcome in evaluator.restore_batch(batch, method):
+                if isinstance(outcome, FloatingPointError):
+                    errors.append(_error_row(entry, method, outcome))
+                elif outcome is not None:
+                    rows.append(outcome)
                 elif not baseline_missing:
                     baseline_missing = True
                     logger.warning("warning: no no-learning baseline for this operator and measurement shape")
-            per_method[method].update()
-            overall.update()
+                per_method[method].update()
+                overall.update()
     for bar in (*per_method.values(), overall):
         bar.close()
 
@@ -275,6 +302,7 @@ def _finish(
     device: torch.device,
     lpips: LPIPS | None,
     num_processes: int,
+    network: dict[str, Any],
 ) -> dict[str, Any]:
     """Main process: merge the per-process files, write the summary and the grid."""
     rows = merge_rows(layout.claim(layout.metrics), METRIC_COLUMNS, ("image", "method"))
@@ -282,6 +310,7 @@ def _finish(
     context = {
         "settings": {**identity(settings, hw), "methods": settings.methods, "limit": settings.limit},
         "processes": num_processes,
+        "network": network,
         "device": str(device),
         "images": {
             "listed": len(entries),

@@ -17,11 +17,15 @@ from invsolve.metrics import LPIPS_BACKBONES
 from invsolve.validation import MAX_STEPS, check_count, check_noise_sigma
 
 METRICS = ("psnr", "ssim", "lpips")
+#: Precisions of the network (``--dtype``); the sampler state stays float32.
+DTYPES = ("float32", "float16", "bfloat16")
 #: Settings a resumed run must share with the run that wrote OUT.
 IDENTITY_KEYS = (
     "data_dir", "operator", "operator_args", "preset", "noise_sigma", "prior", "size", "seed", "steps", "metrics",
-    "lpips_net",
+    "lpips_net", "dtype",
 )
+#: Identity values of settings added later, for a config.json written before them.
+IDENTITY_DEFAULTS = {"dtype": "float32"}
 
 
 @dataclass
@@ -46,6 +50,10 @@ class EvaluationSettings:
     grid_rows: int = 8
     progress: bool = True
     preset: str | None = None
+    batch_size: int = 1
+    dtype: str = "float32"
+    compile: bool = False
+    channels_last: bool = False
 
     def check(self) -> None:
         """Reject bad settings before anything is loaded.
@@ -81,6 +89,9 @@ class EvaluationSettings:
             if value is not None:
                 check_count(name, value, 1, most)
         check_count("--seed", self.seed, 0, 2**64 - 1)
+        check_count("--batch-size", self.batch_size, 1)
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.device not in (None, "cpu", "cuda"):
             raise ValueError(f"unsupported device {self.device!r}; use cpu or cuda")
         if self.device == "cuda" and not torch.cuda.is_available():
@@ -88,7 +99,9 @@ class EvaluationSettings:
 
 
 def identity(settings: EvaluationSettings, hw: tuple[int, int]) -> dict[str, Any]:
-    """The settings that decide the results (what ``config.json`` records)."""
+    """The settings that decide the results (what ``config.json`` records): the network's
+    precision does, while the batch size, compilation and memory layout change only the
+    float rounding (like thread and process counts) and may differ between runs."""
     prior = os.path.abspath(settings.prior) if os.path.isdir(settings.prior) else settings.prior
     return {
         "data_dir": os.path.abspath(settings.data_dir),
@@ -102,6 +115,7 @@ def identity(settings: EvaluationSettings, hw: tuple[int, int]) -> dict[str, Any
         "steps": settings.steps,
         "metrics": sorted(settings.metrics),
         "lpips_net": settings.lpips_net,
+        "dtype": settings.dtype,
     }
 
 
@@ -115,7 +129,7 @@ def check_resumable(layout: OutputLayout, current: dict[str, Any]) -> None:
         raise ValueError(f"{str(layout.config)!r} is not valid JSON ({err}); use another --out, or --overwrite") from None
     if not isinstance(previous, dict):
         raise ValueError(f"{str(layout.config)!r} is not an invsolve configuration; use another --out, or --overwrite")
-    changed = [key for key in IDENTITY_KEYS if previous.get(key) != current[key]]
+    changed = [key for key in IDENTITY_KEYS if previous.get(key, IDENTITY_DEFAULTS.get(key)) != current[key]]
     if changed:
         details = "; ".join(f"{key}: {previous.get(key)!r} then, {current[key]!r} now" for key in changed)
         raise ValueError(

@@ -13,6 +13,7 @@ from torch import Tensor
 from invsolve import io
 from invsolve.api import solve
 from invsolve.evaluation.baseline import NO_LEARNING, no_learning
+from invsolve.evaluation.batch import stacked_operator
 from invsolve.evaluation.dataset import ImageEntry, image_seed
 from invsolve.evaluation.layout import OutputLayout
 from invsolve.evaluation.memory import peak_memory_mib, reset_peak_memory
@@ -24,7 +25,8 @@ UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBom
 
 @dataclass
 class ImageEvaluator:
-    """Runs every pending method on one image and returns one ``metrics.csv`` row per method.
+    """Runs a pending method on one image (:meth:`restore`) or on a batch of images in one
+    solve (:meth:`restore_batch`) and returns one ``metrics.csv`` row per image.
 
     The measurement ``y = A(x) + noise`` is simulated on the CPU from a generator
     seeded by the image's key and ``seed`` (:func:`dataset.image_seed`), so every
@@ -92,6 +94,54 @@ class ImageEvaluator:
                 progress=self.progress, x_shape=tuple(x.shape),
             )
             restored, seconds, nfe = result.image, result.seconds, float(result.nfe)
+        return self._finish(entry, x, restored, method, nfe, seconds)
+
+    def restore_batch(
+        self, batch: list[tuple[ImageEntry, Tensor, Tensor]], method: str
+    ) -> list[tuple[ImageEntry, dict[str, Any] | None | FloatingPointError]]:
+        """Restore the images of ``batch`` (``(entry, x, y)`` of one size) with ``method`` in one solve.
+
+        Each image keeps its own sampler seed (``solve(seed=[...])``), so its restoration
+        is the one :meth:`restore` gives, to float rounding; ``seconds`` is the solve's
+        time shared equally among the images.  When the solve diverges, or the images
+        have no joint operator (:func:`~invsolve.evaluation.batch.stacked_operator`),
+        each image is restored alone, so one diverging image costs no other its row.
+        Returns each entry with its row, ``None`` (no baseline) or the error it raised.
+        """
+        operator = None
+        if method != NO_LEARNING and len(batch) > 1:
+            shape = tuple(batch[0][1].shape)
+            operator = stacked_operator([self.operator_for(entry) for entry, _, _ in batch], shape)
+        if operator is None:
+            return [(entry, self._restore_alone(entry, x, y, method)) for entry, x, y in batch]
+        reset_peak_memory(self.device)
+        try:
+            result = solve(
+                torch.cat([y for _, _, y in batch]).to(self.device), operator, self.prior, method=method,
+                steps=self.steps, seed=[image_seed(entry.key, self.seed, "sampler") for entry, _, _ in batch],
+                noise_sigma=self.noise_sigma, progress=self.progress,
+                x_shape=(len(batch), *batch[0][1].shape[1:]),
+            )
+            if not bool(torch.isfinite(result.image).all()):
+                raise FloatingPointError(f"{method} returned NaN or infinite values")
+        except FloatingPointError:
+            return [(entry, self._restore_alone(entry, x, y, method)) for entry, x, y in batch]
+        seconds = result.seconds / len(batch)
+        return [
+            (entry, self._finish(entry, x, result.image[b:b + 1], method, float(result.nfe), seconds))
+            for b, (entry, x, _) in enumerate(batch)
+        ]
+
+    def _restore_alone(self, entry: ImageEntry, x: Tensor, y: Tensor, method: str):
+        try:
+            return self.restore(entry, x, y, method)
+        except FloatingPointError as err:  # a DivergenceError, or NaN / inf in the restoration
+            return err
+
+    def _finish(
+        self, entry: ImageEntry, x: Tensor, restored: Tensor, method: str, nfe: float, seconds: float
+    ) -> dict[str, Any]:
+        """Check, clamp, save and score one restoration; its ``metrics.csv`` row."""
         restored = restored.detach().float().cpu()
         if not bool(torch.isfinite(restored).all()):
             raise FloatingPointError(f"{method} returned NaN or infinite values")

@@ -35,9 +35,19 @@ class Problem:
     """Everything a method sees: the measurement and the parts of the model.
 
     ``y`` holds ``num_samples`` copies of the measurement batch stacked along the
-    first axis (``N = num_samples * B`` rows); ``x_shape`` is the shape of the
-    unknown for those ``N`` rows, in pixels (latent methods map it with
-    ``prior.latent_shape``).  ``noise_sigma`` is on the [-1, 1] scale.
+    first axis (``N = num_samples * B`` rows, row ``sample * B + b`` for image ``b``);
+    ``x_shape`` is the shape of the unknown for those ``N`` rows, in pixels (latent
+    methods map it with ``prior.latent_shape``).  ``noise_sigma`` is on the [-1, 1] scale.
+
+    Randomness: ``generators`` holds one generator per image when ``solve()`` got one
+    seed per image (``seed=[s_0, ..., s_{B-1}]``, e.g. batched evaluation), else it is
+    ``None`` and every draw comes from ``generator``.  Methods draw their noise through
+    :meth:`randn`, which keeps each image on its own generator, so image ``b`` of a
+    batch gets the same noise as a solve of that image alone with seed ``s_b``.
+    ``generator`` stays for what is not a per-row draw (SMC resampling, a method's
+    shared random choices); with per-image generators it is a separate generator
+    seeded with ``s_0``, and a method that uses it equals the one-image solves only
+    in distribution.
     """
 
     y: Tensor
@@ -54,11 +64,29 @@ class Problem:
     #: what a method reports besides its samples (``log_evidence`` per row, ESS trace, ...);
     #: :func:`invsolve.solve` copies it into ``Result.diagnostics``.
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    #: one generator per image of the measurement batch (``None``: all draws from ``generator``).
+    generators: tuple[torch.Generator, ...] | None = None
+
+    @property
+    def images(self) -> int:
+        """``B``, the images whose rows interleave in ``y`` (1 unless per-image generators are set)."""
+        return len(self.generators) if self.generators else 1
 
     def randn(self, shape: tuple[int, ...] | None = None) -> Tensor:
-        """Standard normal noise from the problem's generator (default shape: ``x_shape``)."""
-        shape = self.x_shape if shape is None else shape
-        return torch.randn(shape, generator=self.generator, device=self.y.device, dtype=self.y.dtype)
+        """Standard normal noise of ``shape`` (default: ``x_shape``), ``shape[0]`` rows ordered like ``y``.
+
+        With one generator per image the rows ``sample * B + b`` of image ``b`` are drawn
+        in one call of shape ``(shape[0] // B, *shape[1:])`` from generator ``b``, which is
+        what a solve of image ``b`` alone draws from its seed.  A shape whose first axis is
+        no multiple of ``B`` is drawn from ``generator`` (not per image).
+        """
+        shape = tuple(self.x_shape if shape is None else shape)
+        images = self.images
+        if images == 1 or not shape or shape[0] % images:
+            return torch.randn(shape, generator=self.generator, device=self.y.device, dtype=self.y.dtype)
+        block = (shape[0] // images, *shape[1:])
+        draws = [torch.randn(block, generator=g, device=self.y.device, dtype=self.y.dtype) for g in self.generators]
+        return torch.stack(draws, dim=1).reshape(shape)
 
     def denoise(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """``D(x, sigma)`` with a scalar or per-row ``sigma``."""

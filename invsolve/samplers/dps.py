@@ -92,7 +92,7 @@ def dps_step(
         if variance is not None:
             x_uncond = ancestral_step(x0, x, sigma, sigma_next, variance, problem.randn(tuple(x.shape)))
         else:
-            x_uncond = ddim_step(x0, (x - x0) / sigma, sigma, sigma_next, eta, problem.generator)
+            x_uncond = ddim_step(x0, (x - x0) / sigma, sigma, sigma_next, eta, problem.randn)
         return x_uncond - step_size * ve_step_factor(sigma, sigma_next) * grad, x0
 
 

@@ -179,7 +179,7 @@ class EnKG(Method):
         sigma_end, sigma_start = self.sigma_min, self.sigma_max
         sigmas = karras_sigmas(problem.steps, sigma_end, sigma_start, self.rho).tolist()
         steps = len(sigmas) - 1
-        x = sigma_start * problem.randn((num_groups * size, *problem.x_shape[1:]))
+        x = sigma_start * ensemble_noise(problem, returned // size, num_groups, size)
         with torch.no_grad():
             for i in problem.iterate(range(steps), self.name):
                 sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -202,6 +202,25 @@ class EnKG(Method):
 def euler_step(x: Tensor, denoised: Tensor, sigma: float, sigma_next: float) -> Tensor:
     """One Euler step of ``dx/dsigma = (x - D(x, sigma)) / sigma`` from ``sigma`` to ``sigma_next``."""
     return denoised if sigma_next == 0 else x + (sigma_next - sigma) / sigma * (x - denoised)
+
+
+def ensemble_noise(problem: Problem, row_group: Tensor, num_groups: int, size: int) -> Tensor:
+    """``N(0, I)`` for the ``(G * J)`` particles, ensemble after ensemble.
+
+    With one generator per image (``problem.images = B > 1``) the ``J`` particles of
+    the ensemble of image ``b`` are drawn in one block from generator ``b`` (what a solve
+    of that image alone draws); ``row_group`` gives each row's ensemble, and row ``r``
+    belongs to image ``r % B``.
+    """
+    rest = tuple(problem.x_shape[1:])
+    images = problem.images
+    if images == 1:
+        return problem.randn((num_groups * size, *rest))
+    per_image = problem.randn((size * images, *rest)).reshape(size, images, *rest).transpose(0, 1)
+    rows = torch.arange(len(row_group), device=row_group.device)
+    image_of_group = torch.zeros(num_groups, dtype=torch.long, device=row_group.device)
+    image_of_group[row_group] = rows % images
+    return per_image[image_of_group.to(per_image.device)].reshape(num_groups * size, *rest)
 
 
 def ensemble_layout(y: Tensor, ensemble_size: int) -> tuple[Tensor, int, Tensor]:

@@ -111,7 +111,7 @@ class P2L(Method):
                     x_star = consistent_image(problem.operator, x0, problem.y, self.cg_lambda, self.cg_iterations,
                                               self.consistency)
                     z0 = prior.encode(x_star)
-                z = ddim_step(z0, eps, sigma, sigma_next, self.eta, problem.generator)
+                z = ddim_step(z0, eps, sigma, sigma_next, self.eta, latent.randn)
                 z = z - self.step_size * ve_step_factor(sigma, sigma_next) * grad
             latent.report(i, sigma, z, z0)
         with torch.no_grad():

@@ -117,6 +117,6 @@ class PiGDM(Method):
                 if self.replace_observed:
                     denoised = denoised - op.pinv(op(denoised) - problem.y)
                     g = g - op.pinv(op(g))
-                x = ddim_step(denoised, eps, sigma, sigma_next, self.eta, problem.generator) + self.weight * g
+                x = ddim_step(denoised, eps, sigma, sigma_next, self.eta, problem.randn) + self.weight * g
             problem.report(i, sigma, x, denoised)
         return x

@@ -86,7 +86,7 @@ def psld_step(
         (grad,) = torch.autograd.grad(loss.sum(), z)
     with torch.no_grad():
         z0, eps = z0.detach(), eps.detach()
-        z_next = ddim_step(z0, eps, sigma, sigma_next, eta, problem.generator)
+        z_next = ddim_step(z0, eps, sigma, sigma_next, eta, latent.randn)
         return z_next - ve_step_factor(sigma, sigma_next) * grad, z0
 
 

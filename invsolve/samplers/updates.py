@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -15,20 +15,25 @@ def ddim_step(
     sigma: float,
     sigma_next: float,
     eta: float,
-    generator: torch.Generator | None,
+    noise: Callable[[tuple[int, ...]], Tensor] | None,
 ) -> Tensor:
     """VE DDIM step from ``sigma`` to ``sigma_next`` (Song et al., ICLR 2021).
 
     ``c = eta * sigma' * sqrt(1 - sigma'^2 / sigma^2)``,
     ``x' = x0 + sqrt(sigma'^2 - c^2) * eps + c * z``; ``eta = 1`` is the ancestral
     (DDPM-like) step, ``eta = 0`` the deterministic probability-flow step.
+    ``noise(shape)`` draws ``z ~ N(0, I)`` (pass ``problem.randn``, so batched images
+    keep their own generators); it is called only when the step adds noise (``c > 0``)
+    and may be ``None`` for deterministic steps.
     """
     if sigma_next <= 0:
         return x0
     c = eta * sigma_next * math.sqrt(max(0.0, 1 - sigma_next**2 / sigma**2))
     x = x0 + math.sqrt(max(0.0, sigma_next**2 - c**2)) * eps
     if c > 0:
-        x = x + c * torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        if noise is None:
+            raise ValueError("a DDIM step with eta > 0 adds noise: pass noise=problem.randn")
+        x = x + c * noise(tuple(x0.shape))
     return x
 
 
