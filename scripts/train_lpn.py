@@ -17,7 +17,7 @@ photographs (``photo_split.py``; crops, flips, rotations and scales from
 ``--noise-sigma`` is on [-1, 1]: the default 0.1 is the official CelebA model ``s=0.05``
 (on [0, 1]), the one its deblurring runs use at the mildest setting.
 
-CPU:   nice -n 10 python scripts/train_lpn.py --max-steps 3000 --max-minutes 60 --threads 1
+CPU:   nice -n 10 python scripts/train_lpn.py --max-steps 3000 --max-minutes 600 --threads 1   (the bundled weights)
 GPUs:  accelerate launch scripts/train_lpn.py --batch-size 64 --max-steps 40000 ...
 """
 
@@ -48,7 +48,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--beta", type=float, default=100.0, help="softplus sharpness (official 100)")
     parser.add_argument("--alpha", type=float, default=1e-6, help="strong-convexity weight (official 1e-6)")
     parser.add_argument("--quadratic", type=int, default=6, help="channels of the learned quadratic term (0: none)")
-    parser.add_argument("--crop", type=int, default=40)
+    parser.add_argument("--crop", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16, help="per process (official 64)")
     parser.add_argument("--noise-sigma", type=float, default=0.1, help="training noise std on [-1, 1]")
     parser.add_argument("--max-steps", type=int, default=3000, help="total steps; sets the loss schedule")

@@ -8,7 +8,7 @@ invsolve's own ``super_resolution`` operator (bicubic imresize with antialiasing
 The EMA of the weights is exported as a restorer folder (``config.json`` +
 ``model.safetensors``, loaded by ``load_prior``).
 
-CPU:   nice -n 10 python scripts/train_restorer.py --max-minutes 60 --threads 1
+CPU:   nice -n 10 python scripts/train_restorer.py --max-steps 5000 --max-minutes 600 --threads 1   (the bundled weights)
 GPUs:  accelerate launch scripts/train_restorer.py --batch-size 64 ...
 
 Every ``--export-minutes`` the EMA model is written to ``--output`` and a resumable
