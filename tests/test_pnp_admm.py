@@ -89,3 +89,5 @@ def test_bad_options_are_refused():
         solve(y, MatrixOperator(A), ShrinkProx(0.1), method="pnp_admm", progress=False, solver="hqs")
     with pytest.raises(ValueError, match="init must be one of"):
         solve(y, MatrixOperator(A), ShrinkProx(0.1), method="pnp_admm", progress=False, init="random")
+    with pytest.raises(ValueError, match="denoiser_sigma sets a diffusion prior"):
+        solve(y, MatrixOperator(A), ShrinkProx(0.1), method="pnp_admm", progress=False, denoiser_sigma=0.1)

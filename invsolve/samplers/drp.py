@@ -112,6 +112,8 @@ class DRP(Method):
         for label, value in (("relaxation", method.relaxation), ("final_relaxation", method.final_relaxation)):
             if not 0 < value <= 1:
                 raise ValueError(f"{label} must be in (0, 1], got {value}")
+        if method.final_iterations < 0:
+            raise ValueError(f"final_iterations must be >= 0, got {method.final_iterations}")
         if method.cg_iterations < 1:
             raise ValueError(f"cg_iterations must be >= 1, got {method.cg_iterations}")
         if isinstance(method.refinement, str):

@@ -89,7 +89,11 @@ class PnPADMM(Method):
         for label, value in (("rho", self.rho), ("scale", self.scale), ("step_size", self.step_size)):
             if not value > 0:
                 raise ValueError(f"{label} must be > 0, got {value}")
-        if is_proximal_prior(problem.prior) or self.denoiser_sigma is not None:
+        if is_proximal_prior(problem.prior):
+            if self.denoiser_sigma is not None:
+                raise ValueError("denoiser_sigma sets a diffusion prior's denoiser; a proximal prior's prox has its own strength")
+            return self
+        if self.denoiser_sigma is not None:
             return self
         noise = max(problem.noise_sigma, PNP_MIN_NOISE)
         return dataclasses.replace(self, denoiser_sigma=math.sqrt(2 * self.scale / self.rho) * noise)
