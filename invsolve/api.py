@@ -222,7 +222,7 @@ def solve(
     return Result(
         samples=x.reshape(num_samples, *shape),
         nfe=counted.items / rows,
-        operator_calls=(getattr(operator, "forward_calls", 0) - calls_before) / rows,
+        operator_calls=(getattr(operator, "forward_calls", 0) - calls_before + problem.fused_operator_calls) / rows,
         decoder_calls=getattr(counted, "decoded", 0) / rows,
         encoder_calls=getattr(counted, "encoded", 0) / rows,
         seconds=seconds,

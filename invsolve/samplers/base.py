@@ -66,6 +66,9 @@ class Problem:
     diagnostics: dict[str, Any] = field(default_factory=dict)
     #: one generator per image of the measurement batch (``None``: all draws from ``generator``).
     generators: tuple[torch.Generator, ...] | None = None
+    #: rows the operator was applied to without calling it (a fused ``A^T A x``, ``operator.normal``);
+    #: :func:`invsolve.solve` adds them to ``Result.operator_calls``.
+    fused_operator_calls: int = 0
 
     @property
     def images(self) -> int:

@@ -84,13 +84,24 @@ def spectral_measurement(svd: Any, y: Tensor, x_shape: tuple[int, ...], rtol: fl
     return s, ybar
 
 
-def misfit_gradient(operator: Any, x: Tensor, y: Tensor) -> Tensor:
+def is_linear(operator: Any) -> bool:
+    """Whether ``operator`` declares an adjoint (a :class:`operators.LinearOperator`)."""
+    return "adjoint" in getattr(operator, "capabilities", ())
+
+
+def misfit_gradient(operator: Any, x: Tensor, y: Tensor, adjoint_y: Tensor | None = None) -> Tensor:
     """``J_A(x)^T (A(x) - y)``: the gradient of ``||A(x) - y||^2 / 2``, row by row.
 
-    A linear operator's ``adjoint`` gives it exactly and cheaply; otherwise it is
-    autograd's vector-Jacobian product through ``A`` (never through a network).
+    A linear operator's ``adjoint`` gives it exactly and cheaply; with ``adjoint_y``
+    (``A^T y``, constant over a solve) it is ``A^T A x - A^T y`` through the operator's
+    ``normal`` (one fused pass where the operator has one, e.g. two matrix products for a
+    separable reflect blur), which does not go through ``operator(x)`` and so is not
+    counted in ``forward_calls``.  Otherwise it is autograd's vector-Jacobian product
+    through ``A`` (never through a network).
     """
-    if "adjoint" in getattr(operator, "capabilities", ()):
+    if is_linear(operator):
+        if adjoint_y is not None:
+            return operator.normal(x) - adjoint_y
         return operator.adjoint(operator(x) - y)
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
