@@ -17,10 +17,9 @@ from invsolve.samplers.text_guidance import (
     on_schedule,
     per_row,
     sd_ddim_levels,
-    start_latent,
     text_prior,
 )
-from invsolve.samplers.updates import ddim_step, ve_step_factor
+from invsolve.samplers.updates import ddim_step, ve_step_factor, vp_start_std
 
 
 @register
@@ -100,7 +99,7 @@ class P2L(Method):
         optimizer = torch.optim.Adam([embeds], lr=self.prompt_lr)
         null = prior.encode_text(self.null_prompt).to(dtype)
         levels, network = sd_ddim_levels(latent)
-        z = start_latent(latent, levels[0])
+        z = vp_start_std(latent, levels[0]) * latent.randn()
         for i in latent.iterate(range(len(network)), self.name):
             sigma, sigma_next, sigma_net = levels[i], levels[i + 1], network[i]
             self._tune_prompt(problem, optimizer, embeds, z, sigma, sigma_net)

@@ -18,12 +18,11 @@ test priors can too.  ``solve()`` sees such a prior as offering ``text``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from invsolve.samplers.base import Problem
+from invsolve.samplers.latent import network_epsilon
 from operators.conjugate_gradient import conjugate_gradient
 
 #: How the data-consistency step solves ``(A^T A + lambda I) x = A^T y + lambda x0``.
@@ -65,20 +64,11 @@ def sd_ddim_levels(problem: Problem, steps_offset: int = SD_STEPS_OFFSET) -> tup
     return levels, [float(table[min(t + steps_offset, T - 1)]) for t in timesteps]
 
 
-def start_latent(problem: Problem, sigma: float) -> Tensor:
-    """The code's start ``z_T ~ N(0, I)`` in VP, i.e. ``sqrt(1 + sigma^2) z`` in VE (``sigma z`` for
-    priors without a timestep table, the EDM convention)."""
-    scale = math.sqrt(1 + sigma**2) if problem.sigma_table is not None else sigma
-    return scale * problem.randn()
-
-
 def network_estimate(problem: Problem, z: Tensor, sigma: float, sigma_net: float) -> tuple[Tensor, Tensor]:
-    """``(z0, eps)`` of the network's epsilon for the VP state of ``z`` (level ``sigma``) asked
-    at the timestep of level ``sigma_net``: the denoiser at ``sigma_net`` on
-    ``x = z sqrt((1 + sigma_net^2) / (1 + sigma^2))`` (the same VP state), ``eps = (x - D(x, sigma_net)) / sigma_net``,
-    and Tweedie's ``z0 = z - sigma eps`` at the state's own level."""
-    x = z if sigma_net == sigma else z * math.sqrt((1 + sigma_net**2) / (1 + sigma**2))
-    eps = (x - problem.denoise(x, sigma_net)) / sigma_net
+    """``(z0, eps)``: :func:`~invsolve.samplers.latent.network_epsilon` (the network's epsilon for the
+    VP state of ``z`` at level ``sigma``, asked at the timestep of level ``sigma_net``) and
+    Tweedie's ``z0 = z - sigma eps`` at the state's own level."""
+    eps = network_epsilon(problem, z, sigma, sigma_net)
     return z - sigma * eps, eps
 
 

@@ -18,10 +18,9 @@ from invsolve.samplers.text_guidance import (
     on_schedule,
     per_row,
     sd_ddim_levels,
-    start_latent,
     text_prior,
 )
-from invsolve.samplers.updates import ddim_step
+from invsolve.samplers.updates import ddim_step, vp_start_std
 from priors.clip_image import DEFAULT_CLIP_MODEL, load_clip_image_encoder
 
 
@@ -137,7 +136,7 @@ class TReg(Method):
         if self.adaptive_negation and self.negation_iterations > 0:
             encoder = load_clip_image_encoder(self.clip_model, device=problem.y.device)
         levels, network = sd_ddim_levels(latent)
-        z = start_latent(latent, levels[0])
+        z = vp_start_std(latent, levels[0]) * latent.randn()
         for i in latent.iterate(range(len(network)), self.name):
             sigma, sigma_next, sigma_net = levels[i], levels[i + 1], network[i]
             if on_schedule(i, len(network), self.consistency_every, self.consistency_until):
