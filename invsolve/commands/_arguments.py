@@ -71,6 +71,25 @@ def whole_number(least: int, most: int | None = None) -> Callable[[str], int]:
     return parse
 
 
+def name_list(text: str) -> tuple[str, ...]:
+    """argparse type of a comma-separated list of names: ``"a,b"`` -> ``("a", "b")``, at least one."""
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("expected at least one name")
+    return names
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """argparse type of a comma-separated list of integers: ``"64,128"`` -> ``(64, 128)``, at least one."""
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
 def resolve_device(name: str | None) -> torch.device:
     """``None`` → CUDA when available, else CPU; otherwise the named device, checked."""
     if name is None:

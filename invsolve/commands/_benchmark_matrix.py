@@ -9,28 +9,9 @@ from invsolve.benchmarks.matrix import MatrixConfig, run_matrix
 from invsolve.benchmarks.matrix_report import markdown_table, write_report
 from invsolve.benchmarks.prior_spec import DTYPES, PriorSpec
 from invsolve.benchmarks.tasks import TASK_PRESETS
-from invsolve.commands._arguments import parse_key_values, resolve_device
+from invsolve.commands._arguments import int_list, name_list, parse_key_values, resolve_device
 
 DEFAULT_OUT = "benchmark-matrix"
-
-
-def name_list(text: str) -> tuple[str, ...]:
-    """``"a,b"`` -> ``("a", "b")`` for argparse."""
-    names = tuple(part.strip() for part in text.split(",") if part.strip())
-    if not names:
-        raise argparse.ArgumentTypeError("expected at least one name")
-    return names
-
-
-def int_list(text: str) -> tuple[int, ...]:
-    """``"64,128"`` -> ``(64, 128)`` for argparse."""
-    try:
-        values = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one integer")
-    return values
 
 
 def add_prior_arguments(parser: argparse.ArgumentParser) -> None:

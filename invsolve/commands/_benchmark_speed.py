@@ -8,8 +8,8 @@ import sys
 from invsolve.benchmarks.speed import SpeedConfig, run_speed
 from invsolve.benchmarks.speed_report import markdown_table, write_report
 from invsolve.benchmarks.tasks import TASK_PRESETS
-from invsolve.commands._arguments import parse_key_values
-from invsolve.commands._benchmark_matrix import add_prior_arguments, int_list, name_list, prior_spec
+from invsolve.commands._arguments import int_list, name_list, parse_key_values
+from invsolve.commands._benchmark_matrix import add_prior_arguments, prior_spec
 
 DEFAULT_OUT = "benchmark-speed"
 

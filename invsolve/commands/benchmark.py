@@ -8,7 +8,7 @@ import sys
 
 from invsolve.benchmarks.posterior import BenchmarkConfig, run_posterior_benchmark
 from invsolve.benchmarks.report import markdown_table, write_report
-from invsolve.commands._arguments import parse_key_values
+from invsolve.commands._arguments import int_list, name_list, parse_key_values
 from invsolve.commands._benchmark_matrix import add_parser as add_matrix_parser
 from invsolve.commands._benchmark_speed import add_parser as add_speed_parser
 
@@ -32,17 +32,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "and posterior.json into --out and prints the table."
         ),
     )
-    posterior.add_argument("--dims", type=_int_list, default=None, help="dimensions d, comma-separated (default 8,80)")
-    posterior.add_argument("--dys", type=_int_list, default=None,
+    posterior.add_argument("--dims", type=int_list, default=None, help="dimensions d, comma-separated (default 8,80)")
+    posterior.add_argument("--dys", type=int_list, default=None,
                            help="measurement dimensions d_y, comma-separated (default 1,2,4)")
-    posterior.add_argument("--seeds", type=_int_list, default=None, help="problem seeds (default 0,1,2)")
-    posterior.add_argument("--methods", type=_name_list, default=None,
+    posterior.add_argument("--seeds", type=int_list, default=None, help="problem seeds (default 0,1,2)")
+    posterior.add_argument("--methods", type=name_list, default=None,
                            help="methods, comma-separated (default: every registered method)")
     posterior.add_argument("--samples", type=int, default=None, help="samples per method and draw (default 1000)")
     posterior.add_argument("--directions", type=int, default=None, help="random directions of the SW distance (default 500)")
     posterior.add_argument("--steps", action="append", default=[], metavar="METHOD=N",
                            help="steps of one method instead of its paper value, repeatable")
-    posterior.add_argument("--particles", type=_int_list, default=None,
+    posterior.add_argument("--particles", type=int_list, default=None,
                            help="particle counts, comma-separated: run particle methods once per count (a sweep)")
     posterior.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
                            help=f"folder for posterior.md and posterior.json (default ./{DEFAULT_OUT})")
@@ -78,20 +78,3 @@ def build_config(args: argparse.Namespace) -> BenchmarkConfig:
     config.steps.update(steps)
     config.validate()
     return config
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one integer")
-    return values
-
-
-def _name_list(text: str) -> tuple[str, ...]:
-    names = tuple(part.strip() for part in text.split(",") if part.strip())
-    if not names:
-        raise argparse.ArgumentTypeError("expected at least one method name")
-    return names
