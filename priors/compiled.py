@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from priors.base import is_latent_prior, is_prior
-from priors.wrapper import PriorWrapper
+from priors.wrapper import LatentPriorWrapper, PriorWrapper
 
 #: Attribute paths, from the prior, of the networks this wrapper knows how to replace.
 NETWORK_PATHS = (("unet",), ("denoiser", "unet"))
@@ -169,25 +169,9 @@ class CompiledPrior(PriorWrapper):
         return f"CompiledPrior({self.prior!r}, {self.status}, channels_last={self.channels_last})"
 
 
-class CompiledLatent(CompiledPrior):
+class CompiledLatent(LatentPriorWrapper, CompiledPrior):
     """:class:`CompiledPrior` around a latent prior: the latent denoiser's network is
     compiled; ``encode``, ``decode``, ``latent_shape`` and prompts are the inner prior's."""
-
-    @property
-    def text_conditioned(self) -> bool:
-        return bool(getattr(self.prior, "text_conditioned", False))
-
-    def set_prompt(self, prompt: str = "", guidance_scale: float = 1.0) -> None:
-        self.prior.set_prompt(prompt, guidance_scale)
-
-    def encode(self, x: Tensor) -> Tensor:
-        return self.prior.encode(x)
-
-    def decode(self, z: Tensor) -> Tensor:
-        return self.prior.decode(z)
-
-    def latent_shape(self, pixel_shape: tuple[int, ...]) -> tuple[int, ...]:
-        return self.prior.latent_shape(pixel_shape)
 
 
 def accelerated(prior: Any, compile: bool = False, channels_last: bool = False, mode: str | None = None) -> Any:

@@ -11,7 +11,7 @@ from torch import Tensor
 import torch.utils.checkpoint
 
 from priors.base import is_latent_prior, is_prior
-from priors.wrapper import PriorWrapper
+from priors.wrapper import LatentPriorWrapper, PriorWrapper
 
 #: Tile side used when neither ``tile`` nor the inner prior's ``data_shape`` gives one.
 DEFAULT_TILE = 256
@@ -267,25 +267,7 @@ class Tiled(PriorWrapper):
         )
 
 
-class TiledLatent(Tiled):
+class TiledLatent(LatentPriorWrapper, Tiled):
     """:class:`Tiled` around a latent prior: tiles in latent space (``tile`` in latent
     pixels), with ``encode``, ``decode``, ``latent_shape`` and the text conditioning
     (``text_conditioned``, ``set_prompt``) of the inner prior."""
-
-    @property
-    def text_conditioned(self) -> bool:
-        return bool(getattr(self.prior, "text_conditioned", False))
-
-    def set_prompt(self, prompt: str = "", guidance_scale: float = 1.0) -> None:
-        if not hasattr(self.prior, "set_prompt"):
-            raise ValueError(f"{type(self.prior).__name__} takes no text prompt")
-        self.prior.set_prompt(prompt, guidance_scale)
-
-    def encode(self, x: Tensor) -> Tensor:
-        return self.prior.encode(x)
-
-    def decode(self, z: Tensor) -> Tensor:
-        return self.prior.decode(z)
-
-    def latent_shape(self, pixel_shape: tuple[int, ...]) -> tuple[int, ...]:
-        return self.prior.latent_shape(pixel_shape)

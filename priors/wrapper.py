@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from priors.base import Prior
 
@@ -39,3 +40,27 @@ class PriorWrapper(Prior):
     @property
     def sigmas(self) -> torch.Tensor | None:
         return getattr(self.prior, "sigmas", None)
+
+
+class LatentPriorWrapper(PriorWrapper):
+    """A :class:`PriorWrapper` around a latent prior: ``encode``, ``decode``, ``latent_shape`` and
+    the text conditioning (``text_conditioned``, ``set_prompt``) are the inner prior's.  Put it
+    before the wrapper that changes ``denoise`` (``class TiledLatent(LatentPriorWrapper, Tiled)``)."""
+
+    @property
+    def text_conditioned(self) -> bool:
+        return bool(getattr(self.prior, "text_conditioned", False))
+
+    def set_prompt(self, prompt: str = "", guidance_scale: float = 1.0) -> None:
+        if not hasattr(self.prior, "set_prompt"):
+            raise ValueError(f"{type(self.prior).__name__} takes no text prompt")
+        self.prior.set_prompt(prompt, guidance_scale)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.prior.encode(x)
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.prior.decode(z)
+
+    def latent_shape(self, pixel_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return self.prior.latent_shape(pixel_shape)
