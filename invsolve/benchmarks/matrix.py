@@ -25,6 +25,7 @@ from torch import Tensor
 from invsolve.api import solve
 from invsolve.benchmarks.images import BenchmarkImages
 from invsolve.benchmarks.machine import environment, first_line
+from invsolve.benchmarks.method_names import check_method_names
 from invsolve.benchmarks.tasks import TASK_PRESETS, baseline_name, benchmark_task, no_learning_estimate
 from invsolve.evaluation.baseline import NO_LEARNING
 from invsolve.evaluation.dataset import image_seed
@@ -59,10 +60,7 @@ class MatrixConfig:
         return cls(methods=methods, size=32, steps={name: 4 for name in methods}, lpips=False)
 
     def validate(self) -> None:
-        known = registered()
-        unknown = sorted(set(self.methods or ()) - set(known))
-        if unknown:
-            raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        check_method_names(self.methods)
         for name in self.tasks:
             benchmark_task(name)
         if self.size < 16:

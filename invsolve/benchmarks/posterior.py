@@ -11,6 +11,7 @@ import torch
 
 from invsolve.api import solve
 from invsolve.benchmarks.gmm_problem import GMMProblem, make_gmm_problem, start_sigma
+from invsolve.benchmarks.method_names import check_method_names
 from invsolve.benchmarks.sliced_wasserstein import sliced_wasserstein
 from invsolve.samplers import registered
 from invsolve.validation import capabilities, missing_needs
@@ -66,10 +67,7 @@ class BenchmarkConfig:
                    steps={name: QUICK_STEPS for name in names})
 
     def validate(self) -> None:
-        known = registered()
-        unknown = sorted(set(self.methods or ()) - set(known))
-        if unknown:
-            raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        check_method_names(self.methods)
         if self.samples < 2 or self.directions < 1:
             raise ValueError(f"need samples >= 2 and directions >= 1, got {self.samples}, {self.directions}")
         if not self.dims or not self.measurement_dims or not self.seeds:

@@ -43,6 +43,7 @@ from invsolve.benchmarks.images import demo_images
 from invsolve.benchmarks.isolation import run_isolated
 from invsolve.benchmarks.machine import environment, first_line
 from invsolve.benchmarks.matrix import default_methods
+from invsolve.benchmarks.method_names import check_method_names
 from invsolve.benchmarks.prior_spec import PriorSpec
 from invsolve.benchmarks.probes import (
     PeakMemory, RecordingPrior, TimedOperator, network_call, operator_call, time_calls,
@@ -88,10 +89,7 @@ class SpeedConfig:
         return self.method_steps.get(method, self.steps)
 
     def validate(self) -> None:
-        known = registered()
-        unknown = sorted(set(self.methods or ()) - set(known))
-        if unknown:
-            raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        check_method_names(self.methods)
         for task in self.tasks:
             benchmark_task(task)
         if min(self.sizes) < 8 or self.batch < 1 or self.repeats < 1:
