@@ -6,6 +6,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 
 from operators.arguments import as_float, as_int
@@ -180,19 +181,17 @@ class BlockSVD(SVD):
 
     def Vt(self, x: Tensor) -> Tensor:
         f = self.factor
-        batch, channels, low_h, low_w = self._low_shape(x.shape[0])
-        blocks = x.reshape(batch, channels, low_h, f, low_w, f).permute(0, 1, 2, 4, 3, 5)
-        coords = blocks.reshape(batch, channels, low_h, low_w, f * f) @ self.basis.to(x).T
+        _, channels, low_h, low_w = self._low_shape(x.shape[0])
+        blocks = rearrange(x, "b c (h fh) (w fw) -> b c h w (fh fw)", c=channels, h=low_h, w=low_w, fh=f, fw=f)
+        coords = blocks @ self.basis.to(x).T
         return torch.cat([coords[..., 0].flatten(1), coords[..., 1:].flatten(1)], dim=1)
 
     def V(self, c: Tensor) -> Tensor:
         f = self.factor
-        batch, channels, low_h, low_w = self._low_shape(c.shape[0])
         k = self._s.numel()
-        low = self._low_shape(batch)
+        low = self._low_shape(c.shape[0])
         coords = torch.cat([c[:, :k].reshape(*low, 1), c[:, k:].reshape(*low, -1)], dim=-1)
-        blocks = (coords @ self.basis.to(c)).reshape(batch, channels, low_h, low_w, f, f)
-        return blocks.permute(0, 1, 2, 4, 3, 5).reshape(batch, channels, self.height, self.width)
+        return rearrange(coords @ self.basis.to(c), "b c h w (fh fw) -> b c (h fh) (w fw)", fh=f, fw=f)
 
     def Ut(self, y: Tensor) -> Tensor:
         return y.flatten(1)

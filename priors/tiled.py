@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 import torch.utils.checkpoint
+from einops import rearrange
 
 from priors.base import is_latent_prior, is_prior
 from priors.wrapper import LatentPriorWrapper, PriorWrapper
@@ -234,7 +235,7 @@ class Tiled(PriorWrapper):
         )
         device = x.device
         padded = x.index_select(2, rows.sources().to(device)).index_select(3, cols.sources().to(device))
-        padded = padded.permute(0, 2, 3, 1)
+        padded = rearrange(padded, "n c h w -> n h w c")
         window_rows, window_cols = ramp_window(rows.tile, rows.overlap), ramp_window(cols.tile, cols.overlap)
         window = (window_rows[:, None, None] * window_cols[None, :, None]).to(device, x.dtype)
 
@@ -250,15 +251,15 @@ class Tiled(PriorWrapper):
             image = image_of[chunk][:, None, None]
             r = (tops[chunk][:, None] + row_offsets)[:, :, None]
             c = (lefts[chunk][:, None] + col_offsets)[:, None, :]
-            tiles = padded[image, r, c].permute(0, 3, 1, 2).contiguous()
+            tiles = rearrange(padded[image, r, c], "t h w c -> t c h w").contiguous()
             denoised = self._denoise_tiles(tiles, sigma[image_of[chunk]])
-            blended.index_put_((image, r, c), denoised.permute(0, 2, 3, 1) * window, accumulate=True)
+            blended.index_put_((image, r, c), rearrange(denoised, "t c h w -> t h w c") * window, accumulate=True)
 
         height, width = x.shape[-2:]
         top, left = rows.before, cols.before
         weight = rows.weight_sum(window_rows)[top : top + height, None] * cols.weight_sum(window_cols)[left : left + width]
         out = blended[:, top : top + height, left : left + width] / weight.to(device, x.dtype)[..., None]
-        return out.permute(0, 3, 1, 2)
+        return rearrange(out, "n h w c -> n c h w")
 
     def __repr__(self) -> str:
         return (

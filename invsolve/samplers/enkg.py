@@ -7,6 +7,7 @@ from functools import partial
 from typing import Callable
 
 import torch
+from einops import rearrange
 from torch import Tensor
 
 from invsolve.samplers.base import Method, Problem, register
@@ -216,11 +217,11 @@ def ensemble_noise(problem: Problem, row_group: Tensor, num_groups: int, size: i
     images = problem.images
     if images == 1:
         return problem.randn((num_groups * size, *rest))
-    per_image = problem.randn((size * images, *rest)).reshape(size, images, *rest).transpose(0, 1)
+    per_image = rearrange(problem.randn((size * images, *rest)), "(k b) ... -> b k ...", b=images)
     rows = torch.arange(len(row_group), device=row_group.device)
     image_of_group = torch.zeros(num_groups, dtype=torch.long, device=row_group.device)
     image_of_group[row_group] = rows % images
-    return per_image[image_of_group.to(per_image.device)].reshape(num_groups * size, *rest)
+    return rearrange(per_image[image_of_group.to(per_image.device)], "g k ... -> (g k) ...")
 
 
 def ensemble_layout(y: Tensor, ensemble_size: int) -> tuple[Tensor, int, Tensor]:

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from einops import rearrange
 from torch import Tensor
 
 from invsolve.samplers.base import Method, Problem, register
@@ -183,7 +184,7 @@ class MCGdiff(Method):
         for j in bar:
             sigma, sigma_next = float(levels[j]), float(levels[j + 1])
             denoised = in_chunks(lambda chunk: problem.denoise(chunk, sigma), x, self.batch_size)
-            x0bar = svd.Vt(denoised).reshape(systems, P, n)
+            x0bar = rearrange(svd.Vt(denoised), "(s p) n -> s p n", p=P)
             c = self.eta * sigma_next * math.sqrt(max(0.0, 1 - sigma_next**2 / sigma**2))
             mean = x0bar + math.sqrt(max(0.0, sigma_next**2 - c**2)) * (xbar - x0bar) / sigma
             active, active_next = observed & (j <= tau), observed & (j + 1 <= tau)
@@ -198,7 +199,7 @@ class MCGdiff(Method):
             guided = mean + gain * (ybar - mean) + (c**2 * (1 - gain)).sqrt() * z
             xbar = torch.where(active_next, guided.to(z), mean + c * z)
             x = svd.V(xbar.reshape(systems * P, n)).reshape(shape)
-            view = (x.reshape(systems, P, *shape[1:])[where], denoised.reshape(systems, P, *shape[1:])[where])
+            view = (rearrange(t, "(s p) ... -> s p ...", p=P)[where] for t in (x, denoised))
             report_rows(problem, j, sigma, *view, complete)
         return xbar, weights
 

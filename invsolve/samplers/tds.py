@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from einops import rearrange, repeat
 from torch import Tensor
 
 from invsolve.samplers.base import Method, Problem, register
@@ -132,7 +133,7 @@ class TDS(Method):
         systems, P = len(batch), self.particles
         shape = (systems * P, *problem.x_shape[1:])
         y = layout.distinct[layout.measurement[batch]].to(problem.y)
-        y = y[:, None].expand(systems, P, *y.shape[1:]).reshape(systems * P, *y.shape[1:])
+        y = repeat(y, "s ... -> (s p) ...", p=P)
         data_range = getattr(problem.prior, "data_range", None)
         weights = ParticleWeights(systems, P, problem.y.device)
         served = layout.rows_of(batch)
@@ -150,7 +151,10 @@ class TDS(Method):
             weights.reweight(proposal_gap + log_twist - previous)
             show_ess(bar, problem, weights)
             index = weights.resample(self.resampling, self.ess_threshold, problem.generator)
-            x, x0, grad = (gather_particles(t.reshape(systems, P, *shape[1:]), index).reshape(shape) for t in (x, x0, grad))
+            x, x0, grad = (
+                rearrange(gather_particles(rearrange(t, "(s p) ... -> s p ...", p=P), index), "s p ... -> (s p) ...")
+                for t in (x, x0, grad)
+            )
             previous = gather_particles(log_twist, index)
             if sigma_next == 0:
                 x = x0
@@ -168,6 +172,6 @@ class TDS(Method):
                 x = mean_twisted + spread * problem.randn(shape)
                 gap = (x - mean_twisted).double().pow(2) - (x - mean).double().pow(2)
                 proposal_gap = (gap.flatten(1).sum(1) / (2 * spread**2)).reshape(systems, P)
-            view = x.reshape(systems, P, *shape[1:])[where], x0.reshape(systems, P, *shape[1:])[where]
+            view = (rearrange(t, "(s p) ... -> s p ...", p=P)[where] for t in (x, x0))
             report_rows(problem, j, sigma, *view, complete)
-        return x.reshape(systems, P, *shape[1:]), weights
+        return rearrange(x, "(s p) ... -> s p ...", p=P), weights
