@@ -17,6 +17,11 @@ from operators import Inpainting
 from priors import DiffusersLatentPrior, load_prior
 
 T = 100
+#: Two computations of one float32 network output (fused vs separate calls, other batch shapes)
+#: agree to float32 rounding of activations of size ~1, amplified through the layers; the
+#: project rule is >= 1e-4.  The x0 formulas multiply the network output by sigma < 1 at the
+#: timesteps used here, so no larger scale is needed.
+NETWORK_TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}
 
 
 def tiny_autoencoder(kind: str):
@@ -157,14 +162,14 @@ def test_vq_ldm_pipeline_loads_and_matches_its_components(pipelines) -> None:
     assert prior.latent_shape((2, 3, 16, 12)) == (2, 3, 8, 6)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2, 3, 16, 16, generator=g) * 2 - 1
-    torch.testing.assert_close(prior.encode(x), 0.5 * vq.encode(x).latents)
+    torch.testing.assert_close(prior.encode(x), 0.5 * vq.encode(x).latents, **NETWORK_TOLERANCE)
     z = torch.randn(2, 3, 8, 8, generator=g)
-    torch.testing.assert_close(prior.decode(z), vq.decode(z / 0.5).sample)
+    torch.testing.assert_close(prior.decode(z), vq.decode(z / 0.5).sample, **NETWORK_TOLERANCE)
     assert not torch.allclose(prior.decode(z), vq.decode(z / 0.5, force_not_quantize=True).sample)
     for t in (10, 60):
         abar, sigma = table_sigma(t)
         expected = ddpm_x0(unet(abar**0.5 * z, torch.tensor([t, t]), return_dict=False)[0], z, abar, "epsilon")
-        torch.testing.assert_close(prior.denoise(z, torch.full((2,), sigma)), expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(prior.denoise(z, torch.full((2,), sigma)), expected, **NETWORK_TOLERANCE)
     assert (prior.encode_calls, prior.decode_calls) == (2, 4)
 
 
@@ -174,12 +179,12 @@ def test_kl_pipeline_uses_the_posterior_mean_and_v_prediction(pipelines) -> None
     kl, unet = parts["kl"], parts["unet4"]
     assert not prior.is_vq and prior.scaling_factor == 0.3
     x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    torch.testing.assert_close(prior.encode(x), 0.3 * kl.encode(x).latent_dist.mean)
+    torch.testing.assert_close(prior.encode(x), 0.3 * kl.encode(x).latent_dist.mean, **NETWORK_TOLERANCE)
     z = prior.encode(x)
-    torch.testing.assert_close(prior.decode(z), kl.decode(z / 0.3).sample)
+    torch.testing.assert_close(prior.decode(z), kl.decode(z / 0.3).sample, **NETWORK_TOLERANCE)
     abar, sigma = table_sigma(40)
     expected = ddpm_x0(unet(abar**0.5 * z, torch.tensor([40]), return_dict=False)[0], z, abar, "v_prediction")
-    torch.testing.assert_close(prior.denoise(z, torch.tensor([sigma])), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(prior.denoise(z, torch.tensor([sigma])), expected, **NETWORK_TOLERANCE)
 
 
 def test_stable_diffusion_pipeline_applies_classifier_free_guidance(pipelines) -> None:
@@ -201,9 +206,9 @@ def test_stable_diffusion_pipeline_applies_classifier_free_guidance(pipelines) -
     prior = load_prior(root / "sd", prompt="face", guidance_scale=3.0)
     assert prior.text_conditioned and prior.data_shape is None
     sig = torch.full((2,), sigma)
-    torch.testing.assert_close(prior.denoise(z, sig), ddpm_x0(guided, z, abar, "epsilon"), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(prior.denoise(z, sig), ddpm_x0(guided, z, abar, "epsilon"), **NETWORK_TOLERANCE)
     prior.set_prompt()
-    torch.testing.assert_close(prior.denoise(z, sig), ddpm_x0(eps(""), z, abar, "epsilon"), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(prior.denoise(z, sig), ddpm_x0(eps(""), z, abar, "epsilon"), **NETWORK_TOLERANCE)
     default = load_prior(root / "sd")
     torch.testing.assert_close(default.denoise(z, sig), prior.denoise(z, sig))
 

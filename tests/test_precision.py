@@ -19,6 +19,9 @@ from priors.compiled import CompiledLatent, CompiledPrior, accelerated
 
 #: The throughput issue's bar: a precision or compilation option may cost at most 0.1 dB PSNR.
 MAX_PSNR_LOSS_DB = 0.1
+#: Channels-last runs other convolution kernels on the same float32 weights: equal to float32
+#: rounding amplified through the network, not bit-equal (the project rule for network outputs).
+NETWORK_TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}
 
 
 @pytest.fixture(scope="module")
@@ -134,9 +137,9 @@ def test_channels_last_gives_the_same_denoiser_and_leaves_the_original_prior_wor
     expected = prior.denoise(x, sigma)
     wrapped = accelerated(prior, channels_last=True)
     assert isinstance(wrapped, CompiledPrior) and wrapped.status == "eager"
-    torch.testing.assert_close(wrapped.denoise(x, sigma), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(wrapped.denoise(x, sigma), expected, **NETWORK_TOLERANCE)
     assert prior.unet.seen_channels_last[-1] is True
-    torch.testing.assert_close(prior.denoise(x, sigma), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(prior.denoise(x, sigma), expected, **NETWORK_TOLERANCE)
     assert prior.unet.seen_channels_last[-1] is False
     assert (wrapped.sigmas is prior.sigmas) and wrapped.data_range == (-1.0, 1.0) and wrapped.device == prior.device
 
@@ -171,7 +174,7 @@ def test_a_latent_prior_keeps_encode_and_decode():
     wrapped = CompiledPrior(latent, compile=False, channels_last=True)
     assert isinstance(wrapped, CompiledLatent)
     x, sigma = _inputs()
-    torch.testing.assert_close(wrapped.denoise(x, sigma), latent.denoise(x, sigma), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(wrapped.denoise(x, sigma), latent.denoise(x, sigma), **NETWORK_TOLERANCE)
     assert wrapped.latent_shape((1, 3, 8, 8)) == (1, 3, 4, 4)
     assert wrapped.decode(wrapped.encode(x)).shape == x.shape
     assert latent.denoiser.unet is not wrapped.prior.denoiser.unet  # the original keeps its own network

@@ -13,7 +13,7 @@ from invsolve.samplers.treg import negated_null_text
 from operators import Inpainting
 from priors import load_prior
 from priors.clip_image import CLIP_MEAN, CLIP_STD, load_clip_image_encoder
-from tests.test_latent_priors import ddpm_x0, table_sigma
+from tests.test_latent_priors import NETWORK_TOLERANCE, ddpm_x0, table_sigma
 from tests.tiny_sd import CLIP_IMAGE_SIZE, save_tiny_sd
 
 STEPS = 12
@@ -65,13 +65,13 @@ def test_conditioning_guides_per_row_embeddings_and_restores(tiny):
         with prior.text_conditioning(guidance_scale=0.0):
             negative_only = prior.denoise(z, sig)
     expected = eps(null.expand(2, -1, -1)) + 2.5 * (eps(rows) - eps(null.expand(2, -1, -1)))
-    torch.testing.assert_close(guided, ddpm_x0(expected, z, abar, "epsilon"), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(guided, ddpm_x0(expected, z, abar, "epsilon"), **NETWORK_TOLERANCE)
     torch.testing.assert_close(negative_only, ddpm_x0(eps(null.expand(2, -1, -1)), z, abar, "epsilon"),
-                               rtol=1e-4, atol=1e-5)
+                               **NETWORK_TOLERANCE)
     assert prior.prompt == "face" and prior.guidance_scale == 1.0
     torch.testing.assert_close(prior.denoise(z, sig), ddpm_x0(eps(embed(parts, "face").expand(2, -1, -1)), z, abar,
-                                                              "epsilon"), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(prior.encode_text("cat"), embed(parts, "cat"))
+                                                              "epsilon"), **NETWORK_TOLERANCE)
+    torch.testing.assert_close(prior.encode_text("cat"), embed(parts, "cat"), **NETWORK_TOLERANCE)
     with pytest.raises(ValueError, match="3 rows for a batch of 2"), prior.text_conditioning(torch.cat([rows, null])):
         prior.denoise(z, sig)
     with pytest.raises(ValueError, match="must have shape"), prior.text_conditioning(rows[:, :3]):
@@ -87,7 +87,7 @@ def test_clip_image_encoder_loads_from_a_folder_and_preprocesses_like_latent_dif
     expected = model(pixel_values=pixel_values).image_embeds
     encoder = load_clip_image_encoder(root / "clip")
     assert encoder.projection_dim == 16 and load_clip_image_encoder(root / "clip") is encoder
-    torch.testing.assert_close(encoder(images), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(encoder(images), expected, **NETWORK_TOLERANCE)
     with pytest.raises(ValueError, match="no such folder.*huggingface-cli download openai/clip-vit-large-patch14"):
         load_clip_image_encoder(tmp_path / "missing")
     with pytest.raises(ValueError, match="cannot load the CLIP image encoder 'openai/clip-vit-large-patch14'"):
