@@ -261,3 +261,37 @@ def test_default_svd_truncates_each_factor_as_the_official_ddrm_deblurring_class
     x0 = torch.randn(2, 1, *size, generator=_gen(9), dtype=DOUBLE)
     prox = torch.linalg.solve(dense.T @ dense + 0.5 * torch.eye(n, dtype=DOUBLE), (y.flatten(1) @ dense + 0.5 * x0.flatten(1)).T).T
     assert _rel(op.prox(x0, y, 0.5).flatten(1), prox) < 1e-10  # the prox stays exact
+
+
+def test_reddiff_data_term_is_the_truncated_operators_misfit_as_in_the_official_code():
+    """NVlabs/RED-diff ``algos/reddiff.py`` fits ``y - H.H(x)`` with ``H`` DDRM's ``Deblurring``
+    (1-D singular values below 3e-2 zeroed): RED-Diff's data gradient is ``A_t^T (A_t x - y)``
+    of that truncated operator, built here from numpy's SVDs of the dense 1-D reflect matrices.
+    For an operator whose SVD is exact (bicubic SR) it is the operator's own ``A^T (A x - y)``.
+    """
+    from types import SimpleNamespace
+
+    from invsolve.samplers.reddiff import REDDiff
+
+    size = (20, 18)
+    op = GaussianBlur(61, 3.0, truncate=4.0)
+    u, v = separable_factors(op.kernel)
+    truncated = []
+    for vector, length, center in ((u, size[0], op.center[0]), (v, size[1], op.center[1])):
+        left, values, right = np.linalg.svd(reflect_convolution_matrix(vector, length, center).numpy())
+        truncated.append(left @ np.diag(np.where(values > 0.03 * values.max(), values, 0.0)) @ right)
+    dense = torch.from_numpy(np.kron(*truncated))
+    x = torch.randn(2, 1, *size, generator=_gen(10), dtype=DOUBLE)
+    y = torch.randn(2, 1, *size, generator=_gen(11), dtype=DOUBLE)
+    expected = (x.flatten(1) @ dense.T - y.flatten(1)) @ dense
+    gradient = REDDiff().data_gradient(SimpleNamespace(operator=op, x_shape=tuple(x.shape), y=y))
+    # the SVD keeps its singular values in float32 (relative rounding 6e-8): 1e-6, not float64's 1e-9
+    assert _rel(gradient(x).flatten(1), expected) < 1e-6
+    exact = _rel(op.adjoint(op(x) - y).flatten(1), expected)
+    assert exact > 1e-3  # the exact operator's misfit is a different gradient
+
+    sr = operators.build("super_resolution", factor=2)
+    x = torch.randn(2, 3, 16, 16, generator=_gen(12), dtype=DOUBLE)
+    y = torch.randn(2, 3, 8, 8, generator=_gen(13), dtype=DOUBLE)
+    gradient = REDDiff().data_gradient(SimpleNamespace(operator=sr, x_shape=tuple(x.shape), y=y))
+    assert _rel(gradient(x), sr.adjoint(sr(x) - y)) < 1e-6

@@ -45,8 +45,8 @@ def test_short_demo_restores_and_writes_the_strip(tmp_path, capsys):
         (["--method", "no-such-method"], "unknown method"),
         (["--output", "demo.jpg"], ".png"),
         (["--method-arg", "lam"], "KEY=VALUE"),
-        (["--method-arg", "weight=nan"], "option weight must be a finite number, got nan"),
-        (["--method-arg", "weight=-1"], "option weight must be >= 0, got -1"),
+        (["--method-arg", "eta=nan"], "option eta must be a finite number, got nan"),
+        (["--method-arg", "eta=-1"], "option eta must be >= 0, got -1"),
         (["--seed", "x"], "invalid int value"),
     ],
 )

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from invsolve.samplers.base import Method, Problem, register
-from invsolve.samplers.updates import misfit_gradient
+from invsolve.samplers.updates import misfit_gradient, spectral_misfit_gradient
 from invsolve.schedules import strided_timesteps
 
 #: Denoiser weightings ``w(sigma)`` of the paper's code; ``sigma = 1/sqrt(SNR)`` in VE.
@@ -72,6 +72,17 @@ class REDDiff(Method):
     :math:`\nabla\ell = \lambda w(\sigma)(\hat\epsilon - \epsilon)/n + v J_A^T (A(\mu) - y)/m`;
     only :math:`A` is differentiated, never the network.
 
+    **Data term.** The official code applies every linear operator through its SVD
+    class (``utils/degredations.py``: ``H.H``, ``H.Ht``); for the Gaussian blur that is
+    DDRM's ``Deblurring``, whose 1-D singular values below 3e-2 are zeroed.  Here the
+    misfit gradient likewise goes through ``operator.svd`` when the operator has one
+    (:func:`~invsolve.samplers.updates.spectral_misfit_gradient`: the same as the
+    operator's own for exact SVDs, the truncated operator's for a separable reflect
+    blur with ``factor_rcond``), else through the operator.  Measured on ``natural-64``
+    (64 px held-out crop, ``gauss61``, noise 0.05): the exact operator's gradient lets
+    Adam's per-pixel normalisation fit the noise along the directions the truncation
+    drops (17.8 dB against the blurred 21.9 dB); through the truncated SVD it does not.
+
     **Returned estimate.** The official loop returns ``x0_pred``, the iterate *before*
     its last Adam step (``sigma_x0 = 0``): here too.  The last level's network call and
     Adam step cannot change it and are skipped (``steps - 1`` NFE); the callback still
@@ -82,8 +93,8 @@ class REDDiff(Method):
     ``prox`` at ``x0 = 0``), ``"adjoint"`` (:math:`A^T y`), ``"zeros"``; ``"auto"`` (default)
     takes ``pinv``, or ``adjoint``, or zeros, whichever the operator offers first.  With
     noise, :math:`A^+ y` amplifies it by the inverse of the smallest kept singular value
-    (the official Gaussian-blur operator zeroes 1-D singular values below 3e-2;
-    ``operators`` use their own ``rcond``); the Tikhonov start amplifies it at most
+    (the official Gaussian-blur operator zeroes 1-D singular values below 3e-2, as
+    the separable reflect blurs' ``factor_rcond`` does); the Tikhonov start amplifies it at most
     ``1 / (2 sigma_y)`` times (README: measured on ``natural-64``).
 
     **Noise scale.** ``noise_sigma`` does not enter the update: as in the official code
@@ -145,8 +156,19 @@ class REDDiff(Method):
                 return problem.operator.adjoint(problem.y).reshape(problem.x_shape)
         return torch.zeros(problem.x_shape, device=problem.y.device, dtype=problem.y.dtype)
 
+    def data_gradient(self, problem: Problem) -> Callable[[Tensor], Tensor]:
+        """``x -> J_A^T (A(x) - y)``: through the operator's SVD where it has one, as the
+        official code's ``H.H`` (a truncated SVD for separable reflect blurs), else through
+        the operator."""
+        if "svd" in getattr(problem.operator, "capabilities", ()):
+            svd = problem.operator.svd(problem.x_shape)
+            if svd is not None:
+                return spectral_misfit_gradient(svd, problem.y, problem.x_shape)
+        return lambda x: misfit_gradient(problem.operator, x, problem.y)
+
     def run(self, problem: Problem) -> Tensor:
         sigmas = problem.timestep_sigmas(strided_timesteps)[:-1]
+        data_gradient = self.data_gradient(problem)
         weight = REDDIFF_WEIGHTINGS[self.weighting]
         mu = self.initial_estimate(problem).clone().requires_grad_(True)
         optimizer = torch.optim.Adam([mu], lr=self.lr, betas=(self.beta1, self.beta2))
@@ -159,7 +181,7 @@ class REDDiff(Method):
                 x0 = problem.denoise(estimate + sigma * problem.randn(), sigma)
                 eps_gap = (estimate - x0) / sigma  # eps_hat - eps, without gradient
                 prior_grad = (self.lam * weight(sigma) / n) * eps_gap
-                data_grad = (self.obs_weight / m) * misfit_gradient(problem.operator, estimate, problem.y)
+                data_grad = (self.obs_weight / m) * data_gradient(estimate)
                 mu.grad = prior_grad + data_grad
             optimizer.step()
             problem.report(i, sigma, mu.detach(), x0)

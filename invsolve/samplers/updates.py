@@ -84,6 +84,21 @@ def spectral_measurement(svd: Any, y: Tensor, x_shape: tuple[int, ...], rtol: fl
     return s, ybar
 
 
+def spectral_misfit_gradient(svd: Any, y: Tensor, x_shape: tuple[int, ...]) -> Callable[[Tensor], Tensor]:
+    """``x -> A_s^T (A_s x - y)`` with ``A_s = U diag(s) V^T`` the operator's SVD.
+
+    In spectral coordinates the gradient of ``||A_s x - y||^2 / 2`` is
+    ``s^2 (V^T x - ybar)`` (:func:`spectral_measurement`), so one ``V^T`` and one ``V`` per
+    call.  Where the SVD is exact, ``A_s = A``; where it is truncated (a separable reflect
+    blur's ``factor_rcond``, DDRM's ``Deblurring`` class), this is the misfit of the
+    truncated operator, as in the official code that runs through those SVD classes
+    (NVlabs/RED-diff ``H.H``).
+    """
+    s, ybar = spectral_measurement(svd, y, x_shape)
+    s2 = s * s
+    return lambda x: svd.V(s2 * (svd.Vt(x) - ybar)).reshape(x_shape)
+
+
 def is_linear(operator: Any) -> bool:
     """Whether ``operator`` declares an adjoint (a :class:`operators.LinearOperator`)."""
     return "adjoint" in getattr(operator, "capabilities", ())
