@@ -226,7 +226,9 @@ def test_killed_runs_resume_to_the_metrics_of_an_uninterrupted_run(data_dir, tmp
     assert main(evaluate_args(data_dir, reference, steps=10)) == 0
     out = tmp_path / "out"
     for kill, rows in ((signal.SIGKILL, 2), (signal.SIGINT, 6)):
-        process = start(data_dir, out, delay=0.03)
+        # 0.1 s per network call leaves seconds of work after the threshold row, so the signal
+        # lands mid-run even when a loaded machine deschedules this process for a while
+        process = start(data_dir, out, delay=0.1)
         wait_for_rows(process, out / "metrics.csv", rows)
         process.send_signal(kill)
         process.communicate(timeout=60)
@@ -246,7 +248,7 @@ def test_killed_runs_resume_to_the_metrics_of_an_uninterrupted_run(data_dir, tmp
 
 def test_a_second_run_into_the_same_out_is_refused_and_a_killed_lock_is_released(data_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    process = start(data_dir, out, delay=0.05)
+    process = start(data_dir, out, delay=0.1)  # seconds of work left after the first row, even on a loaded machine
     try:
         wait_for_rows(process, out / "metrics.csv", 1)
         assert main(evaluate_args(data_dir, out, steps=10)) == 2
