@@ -25,6 +25,9 @@ SEEDS = [11, 22, 33]
 #: A batched convolution differs from batch 1 in the last float32 bits; 20 steps amplify that
 #: to a few 1e-6 on images in [-1, 1] (measured: at most 3.4e-6 over these methods).
 BATCH_ATOL = 1e-4
+#: EnKG's Kalman gain divides by the spread of a 4-particle ensemble in measurement space, which
+#: amplifies those last bits further (measured: 1.05e-4 with OMP_NUM_THREADS=4).
+ENKG_BATCH_ATOL = 1e-3
 #: Another seed moves a restoration by far more than that (measured: >= 0.1).
 OTHER_SEED_GAP = 1e-2
 
@@ -57,7 +60,8 @@ def test_a_batch_with_one_seed_per_image_restores_each_image_as_alone(tiny_prior
     assert batched.options["seed"] == SEEDS
     for b, seed in enumerate(SEEDS):
         alone = solve(y[b:b + 1], op, tiny_prior, seed=seed, **run)
-        torch.testing.assert_close(batched.samples[:, b], alone.samples[:, 0], rtol=0, atol=BATCH_ATOL)
+        atol = ENKG_BATCH_ATOL if method == "enkg" else BATCH_ATOL
+        torch.testing.assert_close(batched.samples[:, b], alone.samples[:, 0], rtol=0, atol=atol)
     swapped = solve(y[1:2], op, tiny_prior, seed=SEEDS[0], **run)
     assert (batched.samples[:, 1] - swapped.samples[:, 0]).abs().max() > OTHER_SEED_GAP
 
