@@ -194,8 +194,14 @@ def start(data_dir, out, delay):
     env = {**os.environ, "GAUSSIAN_PRIOR_DELAY": str(delay), "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen(
         [sys.executable, str(HELPER), *evaluate_args(data_dir, out, steps=10)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint():
+    """The child gets SIGINT as from a terminal: a suite started in the background by a
+    non-interactive shell (``pytest &``, ``nohup``) has SIGINT ignored, which children inherit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def complete_rows(path):
@@ -226,16 +232,15 @@ def test_killed_runs_resume_to_the_metrics_of_an_uninterrupted_run(data_dir, tmp
     assert main(evaluate_args(data_dir, reference, steps=10)) == 0
     out = tmp_path / "out"
     for kill in (signal.SIGKILL, signal.SIGINT):
-        # Signal once this process has written two rows of its own: it is then past its imports
-        # (a SIGINT during an import can be swallowed by a library's bare except) and, at 0.1 s
-        # per network call, seconds away from its end even on a loaded machine.
+        # Signal once this process has written two rows of its own: it is then mid-run and, at
+        # 0.1 s per network call, seconds away from its end even on a loaded machine.
         done = complete_rows(out / "metrics.csv")
         assert done + 2 < IMAGES * len(METHODS), "the killed run finished nearly everything"
         process = start(data_dir, out, delay=0.1)
         wait_for_rows(process, out / "metrics.csv", done + 2)
         process.send_signal(kill)
-        process.communicate(timeout=60)
-        assert process.returncode == (130 if kill == signal.SIGINT else -signal.SIGKILL)
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == (130 if kill == signal.SIGINT else -signal.SIGKILL), (done, err[-2000:])
     assert main(evaluate_args(data_dir, out, steps=10)) == 0
 
     ours, expected = scores(out / "metrics.csv"), scores(reference / "metrics.csv")
