@@ -11,8 +11,11 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 import priors
 from priors import GaussianPrior
@@ -36,6 +39,14 @@ class SlowGaussianPrior(GaussianPrior):
 def load_gaussian_prior(name, device=None, **kwargs):
     """Stands in for ``priors.load_prior`` whatever the name (the name still enters config.json)."""
     return SlowGaussianPrior(float(os.environ.get("GAUSSIAN_PRIOR_DELAY", "0")))
+
+
+def save_random_images(folder: Path, count: int, seed: int) -> Path:
+    """``count`` 20 x 20 RGB noise images ``img<i>.png`` in ``folder`` (a DATA_DIR for evaluate)."""
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
+    return folder
 
 
 if __name__ == "__main__":

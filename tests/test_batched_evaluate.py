@@ -4,15 +4,13 @@ batch the restoration it gets alone (to float rounding), whatever the batch arou
 import csv
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import invsolve.evaluation.work as work
 import operators
 import priors
-from gaussian_evaluate import SIZE, load_gaussian_prior
+from gaussian_evaluate import SIZE, load_gaussian_prior, save_random_images
 from invsolve import solve
 from invsolve.cli import main
 from invsolve.evaluation.batch import StackedInpainting, stacked_operator
@@ -129,11 +127,7 @@ EVAL_METHODS = ("no-learning", "ddrm", "dps", "diffpir")
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(1)
-    for i in range(IMAGES):
-        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
-    return folder
+    return save_random_images(tmp_path_factory.mktemp("data"), IMAGES, seed=1)
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,7 @@ from PIL import Image
 
 import invsolve.io
 import priors
-from gaussian_evaluate import SIZE, SlowGaussianPrior, load_gaussian_prior
+from gaussian_evaluate import SIZE, SlowGaussianPrior, load_gaussian_prior, save_random_images
 from invsolve.cli import main
 from invsolve.evaluation import EvaluationSettings
 from invsolve.io import load_image
@@ -34,11 +34,7 @@ PSNR_TOLERANCE_DB, SSIM_TOLERANCE = 1e-4, 1e-5
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    for i in range(IMAGES):
-        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
-    return folder
+    return save_random_images(tmp_path_factory.mktemp("data"), IMAGES, seed=0)
 
 
 @pytest.fixture(autouse=True)

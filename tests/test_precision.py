@@ -46,14 +46,22 @@ def float32_result(sr_problem):
     return restore(load_prior("natural-64"), sr_problem)
 
 
-def test_bfloat16_network_stays_within_a_tenth_of_a_db_of_float32(sr_problem, float32_result):
-    prior = load_prior("natural-64", dtype=torch.bfloat16)
-    assert prior.dtype == torch.bfloat16
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_network_stays_within_a_tenth_of_a_db_of_float32(sr_problem, float32_result, dtype):
+    prior = load_prior("natural-64", dtype=dtype)
+    assert prior.dtype == dtype
     image, value = restore(prior, sr_problem)
     reference_image, reference = float32_result
     assert image.dtype == torch.float32  # the sampler state stays float32
-    assert not torch.equal(image, reference_image)  # the bfloat16 network really ran
+    assert not torch.equal(image, reference_image)  # the half-precision network really ran
     assert (value - reference).abs().max() <= MAX_PSNR_LOSS_DB
+
+
+def test_channels_last_network_gives_float32_results_to_rounding(sr_problem, float32_result):
+    image, value = restore(accelerated(load_prior("natural-64"), channels_last=True), sr_problem)
+    reference_image, reference = float32_result
+    assert (value - reference).abs().max() <= MAX_PSNR_LOSS_DB
+    torch.testing.assert_close(image, reference_image, rtol=0, atol=1e-3)
 
 
 def test_compiled_network_stays_within_a_tenth_of_a_db_of_float32(sr_problem, float32_result):
