@@ -47,8 +47,28 @@ def _method_class(method: str):
     return known[method]
 
 
-def _build_method(cls, options: dict[str, Any]):
-    return cls(**check_method_options(cls, options))
+def task_row(cls, operator: Any, task: str | None) -> str | None:
+    """The key of ``cls.task_defaults`` that applies to ``operator``.
+
+    An explicit ``task`` must be a key of the table; otherwise ``operator.task``, then
+    ``operator.kind`` (:meth:`invsolve.samplers.Method.defaults_row`).  A method with a
+    table that has no row for the operator warns and uses its field defaults.
+    """
+    known = ", ".join(sorted(cls.task_defaults)) or "none"
+    if task is not None:
+        if task not in cls.task_defaults:
+            raise ValueError(f"method {cls.name!r} has no defaults for task {task!r}; its tasks are: {known}")
+        return task
+    op_task, family = getattr(operator, "task", None), getattr(operator, "kind", None)
+    key = cls.defaults_row(op_task, family)
+    if key is None and cls.task_defaults:
+        warnings.warn(
+            f"{cls.name} has no defaults for task {op_task!r} (family {family!r}); using its field defaults. "
+            f"Its tasks are: {known}; pass task=... to choose one",
+            UserWarning,
+            stacklevel=3,
+        )
+    return key
 
 
 def working_dtype(measurement_dtype: torch.dtype, prior_dtype: torch.dtype | None) -> torch.dtype:
@@ -114,6 +134,7 @@ def solve(
     callback: Callable[[dict], None] | None = None,
     x_shape: tuple[int, ...] | None = None,
     on_nan: str = "raise",
+    task: str | None = None,
     **method_options: Any,
 ) -> Result:
     """Draw ``num_samples`` restorations of ``measurement = operator(x) + noise``.
@@ -158,11 +179,18 @@ def solve(
     ``on_nan="raise"`` (default) it raises :class:`invsolve.samplers.DivergenceError`
     naming the method, the step and the sigma; with ``on_nan="warn"`` it warns and
     returns the last finite state with ``Result.diverged = True``.
+
+    Per-task defaults come from the method's ``task_defaults`` table (:func:`task_row`):
+    the row of ``task`` when given, else of ``operator.task``, else of ``operator.kind``;
+    options passed here override the row, and the row's key is recorded in
+    ``Result.options["task"]``, so ``solve(y, operator, prior, **result.options)``
+    repeats the run.  A method whose published algorithm assumes noiseless data
+    (``noiseless_only``) warns when ``noise_sigma > 0``.
     """
     cls = _method_class(method)
     if on_nan not in ON_NAN:
         raise ValueError(f"on_nan must be one of {', '.join(ON_NAN)}, got {on_nan!r}")
-    algorithm = _build_method(cls, method_options)
+    method_options = check_method_options(cls, method_options)
     if not hasattr(operator, "output_shape"):
         if not callable(operator):
             raise TypeError(f"operator must be an operators.Operator or a callable, got {type(operator).__name__}")
@@ -170,6 +198,10 @@ def solve(
     check_prior(prior)
     check_methods_fit([cls.name], registered(), operator, prior)
     noise_sigma = 0.0 if noise_sigma is None else check_noise_sigma(noise_sigma)
+    row = task_row(cls, operator, task)
+    algorithm = cls(**{**cls.task_options(row, noise_sigma), **method_options})
+    if cls.noiseless_only and noise_sigma > 0:
+        warnings.warn(f"{cls.name} assumes noiseless measurements: {cls.noiseless_only}", UserWarning, stacklevel=2)
     check_measurement(measurement, noise_sigma, operator)
     num_samples = check_count("num_samples", num_samples)
     steps = cls.default_steps if steps is None else check_count("steps", steps, 1, MAX_STEPS)
@@ -232,6 +264,7 @@ def solve(
         diagnostics=diagnostics,
         options={
             **algorithm.options(),
+            "task": row,
             "steps": steps,
             "seed": seeds[0] if len(seeds) == 1 else list(seeds),
             "noise_sigma": noise_sigma,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable
+from types import MappingProxyType
+from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 import torch
 from torch import Tensor
@@ -119,6 +120,19 @@ class Problem:
             return self.sigmas(steps)
         return table_grid(table, spacing(len(table), steps))
 
+    def flow_times(self, steps: int | None = None) -> list[float]:
+        """A flow grid: ``steps + 1`` descending times of the path ``x_t = (1 - t) x0 + t eps``
+        ending at 0 (:mod:`invsolve.samplers.flow_path`).  A flow prior gives its scheduler's
+        grid (``prior.flow_times``, with its shift), any other prior the uniform grid, both
+        capped at ``t_max = sigma_max / (1 + sigma_max)``, the time of its largest noise level
+        (a flow prior's ``sigma_max`` is finite, so ``x_t / (1 - t)`` stays finite)."""
+        steps = steps or self.steps
+        t_max = self.prior.sigma_max / (1.0 + self.prior.sigma_max)
+        own = getattr(self.prior, "flow_times", None)
+        if callable(own):
+            return [min(float(t), t_max) for t in own(steps)]
+        return torch.linspace(t_max, 0.0, steps + 1, dtype=torch.float64).tolist()
+
     def iterate(self, items: Iterable, desc: str) -> Iterable:
         """``items`` with a progress bar when ``progress`` is on."""
         return tqdm(items, desc=desc, disable=not self.progress, leave=False, dynamic_ncols=True)
@@ -136,6 +150,26 @@ class Problem:
             self.callback({"step": step, "sigma": sigma, "x": x, "denoised": denoised})
 
 
+@dataclass(frozen=True)
+class Defaults:
+    """One row of a method's per-task defaults table (:attr:`Method.task_defaults`).
+
+    ``options`` maps field names to the values of the official configuration named by
+    ``source`` (repository and file); ``noisy`` holds the values its authors publish for
+    noisy measurements (``noise_sigma > 0``), applied on top of ``options``, from
+    ``noisy_source``.
+    """
+
+    options: Mapping[str, Any]
+    source: str
+    noisy: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    noisy_source: str = ""
+
+    def values(self, noise_sigma: float) -> dict[str, Any]:
+        """The row's options for measurements with noise ``noise_sigma``."""
+        return {**self.options, **(self.noisy if noise_sigma > 0 else {})}
+
+
 @dataclass
 class Method:
     """Base class of every sampler.
@@ -145,6 +179,14 @@ class Method:
     ``vjp``, ``adjoint``, ``pinv``, ``prox``, ``svd``) and prior (``pixel``,
     ``latent``) the method requires, ``"a|b"`` meaning either; ``default_steps``
     is the paper's step count.  ``run`` returns the ``N`` restorations.
+
+    Per-task defaults are data: ``task_defaults`` maps a task (``operator.task``,
+    e.g. ``"gaussian_blur"``) or a family (``operator.kind``, e.g. ``"inpainting"``)
+    to a :class:`Defaults` row; the dataclass fields hold the value for every other
+    task.  :func:`invsolve.solve` resolves the row once (:meth:`defaults_row`) and
+    records its key in ``Result.options["task"]``.  ``noiseless_only`` says why a
+    method's published algorithm assumes noiseless measurements (``solve()`` warns
+    when ``noise_sigma > 0``); ``cost`` is the cost of one step in words.
 
     ``clip_denoised`` (every method has it) clamps the denoised estimate to the
     prior's ``data_range``: ``None`` clamps where the official code does
@@ -158,8 +200,25 @@ class Method:
     default_steps: ClassVar[int] = 100
     summary: ClassVar[str] = ""
     clips_denoised: ClassVar[bool] = False
+    task_defaults: ClassVar[Mapping[str, Defaults]] = MappingProxyType({})
+    noiseless_only: ClassVar[str] = ""
+    cost: ClassVar[str] = ""
 
     clip_denoised: bool | None = None
+
+    @classmethod
+    def defaults_row(cls, task: str | None, family: str | None) -> str | None:
+        """The key of the row of :attr:`task_defaults` that applies: ``task`` if the
+        table has it, else ``family``, else ``None`` (the field defaults)."""
+        for key in (task, family):
+            if key is not None and key in cls.task_defaults:
+                return key
+        return None
+
+    @classmethod
+    def task_options(cls, key: str | None, noise_sigma: float) -> dict[str, Any]:
+        """The options of row ``key`` for noise ``noise_sigma`` (``{}`` for ``None``)."""
+        return {} if key is None else cls.task_defaults[key].values(noise_sigma)
 
     def resolved(self, problem: Problem) -> "Method":
         """A copy with defaults that depend on the problem filled in (default: ``self``)."""
