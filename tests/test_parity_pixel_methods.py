@@ -102,8 +102,10 @@ def test_dps_step_size_per_task_is_the_task_configs_scale():
         Inpainting("random", missing=0.7, shape=(256, 256)): 0.5,
         PhaseRetrieval(): 1.0,
     }
+    dps = registered()["dps"]
     for operator, scale in official.items():
-        assert resolved("dps", operator).step_size == scale, operator
+        row = dps.defaults_row(operator.task, operator.kind)
+        assert dps(**dps.task_options(row, 0.05)).step_size == scale, operator
 
 
 def test_defaults_are_the_official_settings():

@@ -4,37 +4,34 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import torch
 from torch import Tensor
 
-from invsolve.samplers.base import Method, Problem, register
+from invsolve.samplers.base import Defaults, Method, Problem, register
 from invsolve.samplers.updates import ancestral_step, ddim_step, ve_step_factor, vp_start_std
 from invsolve.schedules import respaced_timesteps
 
-#: ``conditioning.params.scale`` of each task config of the official code
-#: (DPS2022/diffusion-posterior-sampling, ``configs/<task>_config.yaml``); the box and
-#: random masks share ``inpainting_config.yaml``.  Keys are ``operator.task``, then ``kind``.
-DPS_STEP_SIZES = {
-    "gaussian_blur": 0.3,
-    "motion_blur": 0.3,
-    "nonlinear_blur": 0.3,
-    "super_resolution": 0.3,
-    "inpainting": 0.5,
-    "box_inpainting": 0.5,
-    "random_inpainting": 0.5,
-    "phase_retrieval": 1.0,
-}
-#: The scale of the official configs for any other linear task (blur and SR).
-DPS_DEFAULT_STEP_SIZE = 0.3
+_DPS_CONFIGS = "DPS2022/diffusion-posterior-sampling configs/"
 
 
-def task_value(table: dict, operator: object, default: float) -> float:
-    """``table[operator.task]``, else ``table[operator.kind]``, else ``default``."""
-    for key in (getattr(operator, "task", None), getattr(operator, "kind", None)):
-        if key in table:
-            return table[key]
-    return default
+def _dps_row(step_size: float, config: str) -> Defaults:
+    return Defaults({"step_size": step_size}, _DPS_CONFIGS + config)
+
+
+#: ``conditioning.params.scale`` of each task config of the official code; the box and
+#: random masks share ``inpainting_config.yaml``.
+DPS_TASK_DEFAULTS = MappingProxyType(
+    {
+        "gaussian_blur": _dps_row(0.3, "gaussian_deblur_config.yaml"),
+        "motion_blur": _dps_row(0.3, "motion_deblur_config.yaml"),
+        "nonlinear_blur": _dps_row(0.3, "nonlinear_deblur_config.yaml"),
+        "super_resolution": _dps_row(0.3, "super_resolution_config.yaml"),
+        "inpainting": _dps_row(0.5, "inpainting_config.yaml"),
+        "phase_retrieval": _dps_row(1.0, "phase_retrieval_config.yaml"),
+    }
+)
 
 
 def resolve_learned_variance(method: Method, problem: Problem) -> bool:
@@ -114,8 +111,7 @@ class DPS(Method):
 
     The square-root factor converts the official VP step ``zeta`` (applied to ``x_vp``)
     to the VE convention, so ``step_size`` keeps the official values, per task from the
-    task configs (``DPS_STEP_SIZES``: 0.3 for Gaussian, motion and nonlinear blur and SR
-    x4, 0.5 for inpainting, 1.0 for phase retrieval; 0.3 for other tasks) when ``None``.
+    task configs (:attr:`task_defaults`; 0.3, the blur and SR value, for other tasks).
 
     As the official code runs it (``configs/diffusion_config.yaml``): all 1000 DDPM
     timesteps of the prior's table (``timestep_respacing: 1000``; the EDM grid for priors
@@ -140,15 +136,14 @@ class DPS(Method):
     summary = "diffusion posterior sampling (gradient of the residual norm through the denoiser)"
     clips_denoised = True
 
-    step_size: float | None = None
+    task_defaults = DPS_TASK_DEFAULTS
+
+    step_size: float = 0.3
     eta: float = 1.0
     learned_variance: bool | None = None
 
     def resolved(self, problem: Problem) -> "DPS":
-        step = self.step_size
-        if step is None:
-            step = task_value(DPS_STEP_SIZES, problem.operator, DPS_DEFAULT_STEP_SIZE)
-        return dataclasses.replace(self, step_size=step, learned_variance=resolve_learned_variance(self, problem))
+        return dataclasses.replace(self, learned_variance=resolve_learned_variance(self, problem))
 
     def run(self, problem: Problem) -> Tensor:
         sigmas = problem.timestep_sigmas(respaced_timesteps)
