@@ -15,7 +15,7 @@ from invsolve.contracts import check_operator_output, checked
 from invsolve.counting import counting
 from invsolve.resources import check_working_set
 from invsolve.result import Result
-from invsolve.samplers import DivergenceError, Problem, registered
+from invsolve.samplers import DivergenceError, Problem, method_class, registered
 from invsolve.validation import (
     MAX_STEPS,
     check_count,
@@ -40,28 +40,22 @@ def methods() -> dict[str, str]:
     return {name: ", ".join(n.replace("|", " or ") for n in cls.needs) for name, cls in sorted(registered().items())}
 
 
-def _method_class(method: str):
-    known = registered()
-    if method not in known:
-        raise ValueError(f"unknown method {method!r}; known methods: {', '.join(sorted(known))}")
-    return known[method]
-
-
-def task_row(cls, operator: Any, task: str | None) -> str | None:
+def task_row(cls, operator: Any, task: str | None, prior: Any = None) -> str | None:
     """The key of ``cls.task_defaults`` that applies to ``operator``.
 
     An explicit ``task`` must be a key of the table; otherwise ``operator.task``, then
     ``operator.kind`` (:meth:`invsolve.samplers.Method.defaults_row`).  A method with a
     table that has no row for the operator warns and uses its field defaults.
     """
-    known = ", ".join(sorted(cls.task_defaults)) or "none"
+    table = cls.defaults_table(prior)
+    known = ", ".join(sorted(table)) or "none"
     if task is not None:
-        if task not in cls.task_defaults:
+        if task not in table:
             raise ValueError(f"method {cls.name!r} has no defaults for task {task!r}; its tasks are: {known}")
         return task
     op_task, family = getattr(operator, "task", None), getattr(operator, "kind", None)
-    key = cls.defaults_row(op_task, family)
-    if key is None and cls.task_defaults:
+    key = cls.defaults_row(op_task, family, prior)
+    if key is None and table:
         warnings.warn(
             f"{cls.name} has no defaults for task {op_task!r} (family {family!r}); using its field defaults. "
             f"Its tasks are: {known}; pass task=... to choose one",
@@ -187,7 +181,7 @@ def solve(
     repeats the run.  A method whose published algorithm assumes noiseless data
     (``noiseless_only``) warns when ``noise_sigma > 0``.
     """
-    cls = _method_class(method)
+    cls = method_class(method)
     if on_nan not in ON_NAN:
         raise ValueError(f"on_nan must be one of {', '.join(ON_NAN)}, got {on_nan!r}")
     method_options = check_method_options(cls, method_options)
@@ -198,10 +192,13 @@ def solve(
     check_prior(prior)
     check_methods_fit([cls.name], registered(), operator, prior)
     noise_sigma = 0.0 if noise_sigma is None else check_noise_sigma(noise_sigma)
-    row = task_row(cls, operator, task)
-    algorithm = cls(**{**cls.task_options(row, noise_sigma), **method_options})
+    row = task_row(cls, operator, task, prior)
+    algorithm = cls(**{**cls.task_options(row, noise_sigma, prior), **method_options})
     if cls.noiseless_only and noise_sigma > 0:
         warnings.warn(f"{cls.name} assumes noiseless measurements: {cls.noiseless_only}", UserWarning, stacklevel=2)
+    elif row is not None and noise_sigma > 0 and cls.defaults_table(prior)[row].noisy_warning:
+        reason = cls.defaults_table(prior)[row].noisy_warning
+        warnings.warn(f"{cls.name}'s {row} setting is not for noisy data: {reason}", UserWarning, stacklevel=2)
     check_measurement(measurement, noise_sigma, operator)
     num_samples = check_count("num_samples", num_samples)
     steps = cls.default_steps if steps is None else check_count("steps", steps, 1, MAX_STEPS)

@@ -9,9 +9,11 @@ exit status 2; ``--debug`` prints the traceback as well.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import traceback
-from typing import Sequence
+import warnings
+from typing import Iterator, Sequence
 
 from invsolve.commands import command_modules
 
@@ -55,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as stop:
         return _exit_status(stop.code)
     try:
-        return int(args.func(args))
+        with _warnings_in_one_line():
+            return int(args.func(args))
     except EXPECTED_ERRORS as err:
         return _report(err, args.debug, MEMORY_HINT if isinstance(err, MemoryError) else "")
     except RuntimeError as err:
@@ -65,6 +68,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("invsolve: interrupted", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def _warnings_in_one_line() -> Iterator[None]:
+    """Print warnings as ``invsolve: warning: ...``, one line each, while the command runs."""
+    original = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_args, **_kwargs: f"invsolve: warning: {_one_line(message)}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = original
 
 
 def _report(err: BaseException, debug: bool, hint: str) -> int:

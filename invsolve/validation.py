@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from operators.base import check_noise_sigma
 from priors.base import is_latent_prior, is_prior, is_proximal_prior, is_restorer_prior
 
 
@@ -71,18 +72,6 @@ def check_count(name: str, value: Any, least: int = 1, most: int | None = None) 
     if value < least or (most is not None and value > most):
         bound = f"between {least} and {most}" if most is not None else f">= {least}"
         raise ValueError(f"{name} must be {bound}, got {value}")
-    return value
-
-
-def check_noise_sigma(noise_sigma: Any, name: str = "noise_sigma") -> float:
-    """``noise_sigma`` as a finite ``float`` >= 0 (NaN, infinities and booleans are refused)."""
-    if isinstance(noise_sigma, Tensor) and noise_sigma.numel() == 1:
-        noise_sigma = noise_sigma.item()
-    if isinstance(noise_sigma, bool) or not isinstance(noise_sigma, numbers.Real):
-        raise TypeError(f"{name} must be a number (a standard deviation on the [-1, 1] scale), got {noise_sigma!r}")
-    value = float(noise_sigma)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0 (a standard deviation on the [-1, 1] scale), got {value}")
     return value
 
 

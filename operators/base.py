@@ -9,6 +9,7 @@ a proximal (normal-equation) solve and, where it is cheap, an exact SVD.
 from __future__ import annotations
 
 import math
+import numbers
 from abc import ABC, abstractmethod
 from typing import Any, Callable
 
@@ -43,16 +44,16 @@ def check_input(x: Any, what: str = "the operator") -> None:
         raise ValueError(f"{what} got an empty batch (shape {tuple(x.shape)}); pass at least one item")
 
 
-def check_noise_sigma(noise_sigma: Any) -> float:
-    """``noise_sigma`` as a finite float >= 0 (NaN and inf are refused, not silently compared)."""
-    if isinstance(noise_sigma, bool):
-        raise TypeError(f"noise_sigma must be a number, got the bool {noise_sigma!r}")
-    try:
-        value = float(noise_sigma)
-    except (TypeError, ValueError):
-        raise TypeError(f"noise_sigma must be a number, got {noise_sigma!r}") from None
+def check_noise_sigma(noise_sigma: Any, name: str = "noise_sigma") -> float:
+    """``noise_sigma`` as a finite ``float`` >= 0: a number or a one-element tensor; text,
+    booleans, NaN, infinities and negative values are refused."""
+    if isinstance(noise_sigma, Tensor) and noise_sigma.numel() == 1:
+        noise_sigma = noise_sigma.item()
+    if isinstance(noise_sigma, bool) or not isinstance(noise_sigma, numbers.Real):
+        raise TypeError(f"{name} must be a number (a standard deviation on the [-1, 1] scale), got {noise_sigma!r}")
+    value = float(noise_sigma)
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"noise_sigma must be a finite number >= 0, got {noise_sigma!r}")
+        raise ValueError(f"{name} must be a finite number >= 0 (a standard deviation on the [-1, 1] scale), got {value}")
     return value
 
 

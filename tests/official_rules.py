@@ -84,18 +84,29 @@ def official_ddnm_plus(
 
 def official_pigdm(
     eps: EpsModel, abar: Tensor, A: Tensor, y: Tensor, eta: float, weight: float, steps: int, n: int,
-    generator: torch.Generator,
+    generator: torch.Generator, sigma_y: float = 0.0,
 ) -> Tensor:
     """NVlabs/RED-diff ``algos/pgdm.py`` ``PGDM.sample`` with ``awd=True``, ``cond_awd=False``,
     ``mcg=False`` (``_configs/algo/pgdm.yaml``), its ``initialize``, and the grid of
-    ``utils/functions.py`` ``get_timesteps`` (``start_step=1000``, ``end_step=0``)."""
+    ``utils/functions.py`` ``get_timesteps`` (``start_step=1000``, ``end_step=0``).
+
+    With ``sigma_y > 0`` the guidance's ``H^+`` becomes the paper's noisy form (Song et al.,
+    ICLR 2023, Sec. 3.2), ``r_t^2 H^T (r_t^2 H H^T + sigma_y^2 I)^{-1}`` with the VP
+    ``r_t^2 = 1 - abar_t`` (= ``sigma_t^2 / (1 + sigma_t^2)``); the start keeps ``H^+ y``."""
     T = len(abar)
     ts = list(range(0, T, T // steps))
     ss = [-1] + ts[:-1]
     a_pinv = torch.linalg.pinv(A)
-    H_pinv = lambda v: v @ a_pinv.T  # noqa: E731
+    eye = torch.eye(A.shape[0], dtype=A.dtype)
+
+    def guidance(v: Tensor, alpha_t: float) -> Tensor:
+        if sigma_y == 0:
+            return v @ a_pinv.T
+        r2 = 1 - alpha_t
+        return r2 * torch.linalg.solve(r2 * A @ A.T + sigma_y**2 * eye, v.T).T @ A
+
     a_T = _alpha(abar, ts[-1])
-    x = math.sqrt(a_T) * H_pinv(y).expand(n, -1) + math.sqrt(1 - a_T) * torch.randn(
+    x = math.sqrt(a_T) * (y @ a_pinv.T).expand(n, -1) + math.sqrt(1 - a_T) * torch.randn(
         n, A.shape[1], generator=generator, dtype=A.dtype
     )
     for ti, si in zip(reversed(ts), reversed(ss)):
@@ -105,7 +116,7 @@ def official_pigdm(
         xt = x.detach().requires_grad_(True)
         et = eps(xt, ti)
         x0_pred = (xt - et * math.sqrt(1 - alpha_t)) / math.sqrt(alpha_t)
-        mat = H_pinv(y) - H_pinv(x0_pred @ A.T)
+        mat = guidance(y - x0_pred @ A.T, alpha_t)
         mat_x = (mat.detach() * x0_pred).sum()
         (grad_term,) = torch.autograd.grad(mat_x, xt)
         coeff = math.sqrt(alpha_s) * math.sqrt(alpha_t) * weight

@@ -4,6 +4,7 @@ its data step against closed forms, and its contracts."""
 from __future__ import annotations
 
 import math
+import warnings
 import statistics
 
 import numpy as np
@@ -168,8 +169,13 @@ def test_noise_level_is_read_on_the_papers_zero_one_scale():
 def test_defaults_follow_the_scripts_per_operator_kind(kind, lam, zeta):
     prior, op, y, sigma_y, _ = make_gmm_problem(8, 4, 0)
     operator = type("Op", (MatrixOperator,), {"kind": kind})(op.A)
-    result = solve(y, operator, prior, method="diffpir", steps=3, noise_sigma=sigma_y, seed=0, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = solve(y, operator, prior, method="diffpir", steps=3, noise_sigma=sigma_y, seed=0, progress=False)
     assert (result.options["lam"], result.options["zeta"]) == (lam, zeta)
+    known = kind in DiffPIR.task_defaults  # the row used is recorded; an unknown family warns, naming the rows
+    assert result.options["task"] == (kind if known else None)
+    assert any("its field defaults" in str(w.message) for w in caught) != known
     assert result.options["clip_denoised"] is False  # clamped only for priors with a data range
     assert DiffPIR.clips_denoised and DiffPIR.default_steps == 100  # utils_model.model_fn: clip_denoised=True
     assert result.nfe == 2

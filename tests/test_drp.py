@@ -96,7 +96,7 @@ def test_official_settings_per_task(operator, expected):
     """deblur_experments/DRP_deblur_k1.py, sisr_experiments/DRP_sisr_2x_k1.py, denoising_experiments/DRP_denoising_2x.py."""
     problem = Problem(y=torch.zeros(1, 3, 8, 8), operator=operator, prior=None, x_shape=(1, 3, 8, 8),
                       noise_sigma=0.0, steps=35, generator=torch.Generator())
-    method = DRP().resolved(problem)
+    method = DRP(**DRP.task_options(DRP.defaults_row(operator.task, operator.kind), 0.0)).resolved(problem)
     assert (method.lam, method.relaxation, method.final_relaxation, method.final_iterations) == expected
     assert DRP.default_steps == 35 and method.cg_iterations == 3
 

@@ -382,9 +382,12 @@ def test_defaults_are_the_official_settings() -> None:
         return options["omega"], options["gamma"]
 
     sr = type("SR", (MatrixOperator,), {"kind": "super_resolution"})(op.A)
+    blur = type("Blur", (MatrixOperator,), {"kind": "blur", "task": "motion_blur"})(op.A)
     box = type("Box", (MatrixOperator,), {"kind": "inpainting", "task": "box_inpainting"})(op.A)
-    assert weights(op) == (0.1, 0.1) and weights(sr) == (0.9, 0.1)  # run/inverse_*_ldm.sh, inverse_sr_ldm.sh
-    assert weights(op, text=True) == (1.0, 0.1) and weights(box, text=True) == (0.1, 0.01)  # inverse.sh, inverse_bip.sh
+    assert weights(blur) == (0.1, 0.1) and weights(sr) == (0.9, 0.1)  # run/inverse_*_ldm.sh, inverse_sr_ldm.sh
+    assert weights(sr, text=True) == (1.0, 0.1) and weights(box, text=True) == (0.1, 0.01)  # inverse.sh, inverse_bip.sh
+    with pytest.warns(UserWarning, match="psld has no defaults for task 'matrix'"):
+        assert weights(op) == (1.0, 0.1)  # no script: scripts/inverse.py's defaults
 
 
 def test_resample_ends_with_a_latent_optimisation(linear_problem) -> None:

@@ -44,9 +44,10 @@ def test_measure_refuses_non_finite_or_negative_noise(noise_sigma):
         Denoising().measure(x, torch.tensor(noise_sigma), noise="poisson")
 
 
-def test_measure_refuses_non_numeric_noise():
+@pytest.mark.parametrize("noise_sigma", ["a lot", "0.1", None])
+def test_measure_refuses_non_numeric_noise(noise_sigma):
     with pytest.raises(TypeError, match="noise_sigma must be a number"):
-        Denoising().measure(torch.zeros(1, 3, 4, 4), "a lot")
+        Denoising().measure(torch.zeros(1, 3, 4, 4), noise_sigma)
 
 
 @pytest.mark.parametrize("build", IMAGE_OPERATORS, ids=IDS)

@@ -122,16 +122,19 @@ def test_defaults_are_the_official_settings():
     assert (cls["ddnm"].default_steps, ddnm.eta, ddnm.travel_length, ddnm.travel_repeat) == (100, 0.85, 1, 1)
     assert not cls["ddnm"].clips_denoised
     # RED-diff: pgdm.yaml grad_term_weight 1; sample_test.sh ΠGDM commands algo.eta=1.0, exp.num_steps=100;
-    # pgdm.py uses H_pinv whatever sigma_y and never clamps x0_pred
+    # pgdm.py uses H_pinv whatever sigma_y (noisy_guidance None: the paper's form when sigma_y > 0)
+    # and never clamps x0_pred
     pigdm = cls["pigdm"]()
-    assert (cls["pigdm"].default_steps, pigdm.eta, pigdm.weight, pigdm.noisy_guidance) == (100, 1.0, 1.0, False)
+    assert (cls["pigdm"].default_steps, pigdm.eta, pigdm.weight, pigdm.noisy_guidance) == (100, 1.0, 1.0, None)
     assert not cls["pigdm"].clips_denoised
 
 
 def test_pigdm_replaces_the_measured_pixels_for_inpainting_only():
     # pgdm.py: `if 'in2' in self.cfg.algo.deg` (its inpainting degradations) replaces x0's measured pixels
-    assert resolved("pigdm", Inpainting("box", shape=(256, 256))).replace_observed
-    assert not resolved("pigdm", GaussianBlur(61, 3.0)).replace_observed
+    pigdm = registered()["pigdm"]
+    for operator, replaced in ((Inpainting("box", shape=(256, 256)), True), (GaussianBlur(61, 3.0), False)):
+        row = pigdm.defaults_row(operator.task, operator.kind)
+        assert pigdm(**pigdm.task_options(row, 0.0)).replace_observed is replaced
 
 
 # ---------------------------------------------------------------- (c) update rules on a GMM epsilon-model
@@ -144,10 +147,12 @@ SAMPLES, REFERENCES = 600, 3
 SAME_ALGORITHM = 1.8
 
 
-def parity_ratio(method: str, seed: int, **options) -> float:
+def parity_ratio(method: str, seed: int, noisy_reference: bool = True, **options) -> float:
     """Mean SW(invsolve, reference_k) / mean SW(reference_j, reference_k) on the MCGdiff mixture
-    problem (d = 8, d_y = 4) made a linear-table DDPM model; the official hyperparameters
-    are passed to the references, ``options`` to invsolve only."""
+    problem (d = 8, d_y = 4, sigma_y 0.5-0.6) made a linear-table DDPM model; the official
+    hyperparameters are passed to the references, ``options`` to invsolve only.  The ΠGDM
+    reference is the paper's noisy guidance, or with ``noisy_reference=False`` the RED-diff
+    code's ``H^+``."""
     problem = make_gmm_problem(8, 4, seed)
     prior = GaussianMixturePrior(problem.prior.weights, problem.prior.means, 1.0,
                                  alphas_cumprod=linear_alphas_cumprod())
@@ -161,7 +166,8 @@ def parity_ratio(method: str, seed: int, **options) -> float:
         if method == "ddnm":
             references.append(official_ddnm_plus(eps, abar, A, y, sigma_y, 0.85, 100, SAMPLES, g))
         else:
-            references.append(official_pigdm(eps, abar, A, y, 1.0, 1.0, 100, SAMPLES, g))
+            paper_noise = sigma_y if noisy_reference else 0.0
+            references.append(official_pigdm(eps, abar, A, y, 1.0, 1.0, 100, SAMPLES, g, sigma_y=paper_noise))
     g = torch.Generator().manual_seed(7)
     distance = sum(sliced_wasserstein(ours, ref, generator=g) for ref in references) / REFERENCES
     pairs = list(itertools.combinations(references, 2))
@@ -169,12 +175,26 @@ def parity_ratio(method: str, seed: int, **options) -> float:
     return distance / floor
 
 
-@pytest.mark.parametrize("method", ["ddnm", "pigdm"])
+#: ΠGDM's default on noisy data is the paper's noisy guidance; ``noisy_guidance=False`` is the
+#: RED-diff code's pseudo-inverse, checked against its own transcription.
+RULES = {
+    "ddnm": ("ddnm", True, {}),
+    "pigdm (paper, noisy)": ("pigdm", True, {}),
+    "pigdm (RED-diff code)": ("pigdm", False, {"noisy_guidance": False}),
+}
+
+
+@pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_samples_match_a_transcription_of_the_official_rule(method, seed):
-    assert parity_ratio(method, seed) < SAME_ALGORITHM
+def test_samples_match_a_transcription_of_the_official_rule(rule, seed):
+    method, noisy_reference, options = RULES[rule]
+    assert parity_ratio(method, seed, noisy_reference, **options) < SAME_ALGORITHM
 
 
-@pytest.mark.parametrize("method, seed, options", [("ddnm", 0, {"eta": 0.5}), ("pigdm", 1, {"weight": 2.0})])
-def test_the_parity_check_detects_another_rule(method, seed, options):
-    assert parity_ratio(method, seed, **options) > 2 * SAME_ALGORITHM
+@pytest.mark.parametrize("method, seed, noisy_reference, options", [
+    ("ddnm", 0, True, {"eta": 0.5}),
+    ("pigdm", 0, True, {"weight": 2.0}),
+    ("pigdm", 0, True, {"noisy_guidance": False}),  # the code's H^+ is not the paper's noisy rule
+])
+def test_the_parity_check_detects_another_rule(method, seed, noisy_reference, options):
+    assert parity_ratio(method, seed, noisy_reference, **options) > 2 * SAME_ALGORITHM

@@ -9,7 +9,7 @@ from invsolve.benchmarks.matrix import MatrixConfig, run_matrix
 from invsolve.benchmarks.matrix_report import markdown_table, write_report
 from invsolve.benchmarks.prior_spec import DTYPES, PriorSpec
 from invsolve.benchmarks.tasks import TASK_PRESETS
-from invsolve.commands._arguments import int_list, name_list, parse_key_values, resolve_device
+from invsolve.commands._arguments import name_list, parse_key_values, resolve_device
 
 DEFAULT_OUT = "benchmark-matrix"
 

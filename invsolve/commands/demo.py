@@ -80,17 +80,15 @@ def demo_image_path() -> Path:
 
 def run(args: argparse.Namespace) -> int:
     import operators
-    from invsolve import io, methods, solve
+    from invsolve import io, solve
     from invsolve.metrics import psnr, ssim
-    from invsolve.samplers import registered
+    from invsolve.samplers import method_class
     from invsolve.validation import check_method_options
     from priors import load_prior
     from priors.clipped import ClippedPrior
 
-    if args.method not in methods():
-        raise ValueError(f"unknown method {args.method!r}; known methods: {', '.join(sorted(methods()))}")
     options = {**TUNED_OPTIONS.get(args.method, {}), **parse_key_values(args.method_arg, "--method-arg")}
-    options = check_method_options(registered()[args.method], options)
+    options = check_method_options(method_class(args.method), options)
     output = io.check_output_path(args.output)
     device = resolve_device(args.device)
 

@@ -17,7 +17,7 @@ import operators
 import priors
 from operators.base import Operator
 from invsolve import io
-from invsolve.api import ON_NAN, methods, solve
+from invsolve.api import ON_NAN, solve
 from invsolve.commands._arguments import (
     add_network_arguments,
     add_task_arguments,
@@ -29,7 +29,7 @@ from invsolve.commands._arguments import (
 from invsolve.metrics import psnr
 from invsolve.resources import check_working_set
 from invsolve.result import Result
-from invsolve.samplers import registered
+from invsolve.samplers import method_class
 from invsolve.validation import MAX_STEPS, check_method_options, infer_x_shape
 from priors.compiled import accelerated
 
@@ -96,10 +96,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check_arguments(args)
-    known_methods = methods()
-    if args.method not in known_methods:
-        raise ValueError(f"unknown method {args.method!r}; known methods: {', '.join(sorted(known_methods))}")
-    method_options = check_method_options(registered()[args.method], parse_key_values(args.method_arg, "--method-arg"))
+    method_options = check_method_options(method_class(args.method), parse_key_values(args.method_arg, "--method-arg"))
     operator, args.noise_sigma = _operator_and_noise(args)
     device = resolve_device(args.device)
 

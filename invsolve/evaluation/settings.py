@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 import operators
-from invsolve.api import methods as known_methods
+from invsolve.samplers import method_class
 from invsolve.evaluation.layout import OutputLayout
 from invsolve.io import temporary_path
 from invsolve.metrics import LPIPS_BACKBONES
@@ -69,12 +69,10 @@ class EvaluationSettings:
                     "give either a preset or an operator with its arguments"
                 )
             self.operator, self.operator_args = task.operator, dict(task.options)
-        known = known_methods()
         if not self.methods:
             raise ValueError("--methods needs at least one method")
         for method in self.methods:
-            if method not in known:
-                raise ValueError(f"unknown method {method!r}; known methods: {', '.join(sorted(known))}")
+            method_class(method)
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"--methods lists a method twice: {','.join(self.methods)}")
         unknown = sorted(set(self.metrics) - set(METRICS))

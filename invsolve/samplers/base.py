@@ -157,13 +157,16 @@ class Defaults:
     ``options`` maps field names to the values of the official configuration named by
     ``source`` (repository and file); ``noisy`` holds the values its authors publish for
     noisy measurements (``noise_sigma > 0``), applied on top of ``options``, from
-    ``noisy_source``.
+    ``noisy_source``.  ``noisy_warning`` says why the row's published setting fails on
+    noisy measurements where its authors publish none for them; :func:`invsolve.solve`
+    warns with it when ``noise_sigma > 0``.
     """
 
     options: Mapping[str, Any]
     source: str
     noisy: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     noisy_source: str = ""
+    noisy_warning: str = ""
 
     def values(self, noise_sigma: float) -> dict[str, Any]:
         """The row's options for measurements with noise ``noise_sigma``."""
@@ -207,18 +210,25 @@ class Method:
     clip_denoised: bool | None = None
 
     @classmethod
-    def defaults_row(cls, task: str | None, family: str | None) -> str | None:
-        """The key of the row of :attr:`task_defaults` that applies: ``task`` if the
+    def defaults_table(cls, prior: Any = None) -> Mapping[str, Defaults]:
+        """The per-task table for ``prior``: :attr:`task_defaults`, unless the authors
+        publish other settings for another kind of model (PSLD: Stable Diffusion vs LDM)."""
+        return cls.task_defaults
+
+    @classmethod
+    def defaults_row(cls, task: str | None, family: str | None, prior: Any = None) -> str | None:
+        """The key of the row of :meth:`defaults_table` that applies: ``task`` if the
         table has it, else ``family``, else ``None`` (the field defaults)."""
+        table = cls.defaults_table(prior)
         for key in (task, family):
-            if key is not None and key in cls.task_defaults:
+            if key is not None and key in table:
                 return key
         return None
 
     @classmethod
-    def task_options(cls, key: str | None, noise_sigma: float) -> dict[str, Any]:
+    def task_options(cls, key: str | None, noise_sigma: float, prior: Any = None) -> dict[str, Any]:
         """The options of row ``key`` for noise ``noise_sigma`` (``{}`` for ``None``)."""
-        return {} if key is None else cls.task_defaults[key].values(noise_sigma)
+        return {} if key is None else cls.defaults_table(prior)[key].values(noise_sigma)
 
     def resolved(self, problem: Problem) -> "Method":
         """A copy with defaults that depend on the problem filled in (default: ``self``)."""
@@ -241,3 +251,10 @@ def register(cls: type[Method]) -> type[Method]:
 
 def registered() -> dict[str, type[Method]]:
     return dict(_METHODS)
+
+
+def method_class(name: str) -> type[Method]:
+    """The registered method ``name``; ``ValueError`` naming the known methods otherwise."""
+    if name not in _METHODS:
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(_METHODS))}")
+    return _METHODS[name]

@@ -2,33 +2,37 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import torch
 from torch import Tensor
 
-from invsolve.samplers.base import Method, Problem, register
+from invsolve.samplers.base import Defaults, Method, Problem, register
 from invsolve.samplers.updates import is_linear, misfit_gradient
 from invsolve.schedules import karras_sigmas
 
-#: Langevin ``lr`` of the pixel-space tasks in zhangbingliang2019/DAPS ``configs/task/*.yaml`` (``pixel:``),
-#: keyed by ``operator.task``; every other task gets 1e-4.
-DAPS_LRS = {
-    "gaussian_blur": 1e-4,
-    "motion_blur": 5e-5,
-    "super_resolution": 1e-4,
-    "box_inpainting": 5e-5,
-    "random_inpainting": 1e-4,
-    "phase_retrieval": 5e-5,
-    "hdr": 2e-5,
-    "nonlinear_blur": 1e-5,
-}
-DAPS_DEFAULT_LR = 1e-4
-#: ``configs/task/nonlinear_blur.yaml`` runs 200 Langevin steps; the other tasks 100.
-DAPS_LANGEVIN_STEPS = {"nonlinear_blur": 200}
-DAPS_DEFAULT_LANGEVIN_STEPS = 100
+_DAPS_CONFIGS = "zhangbingliang2019/DAPS configs/task/"
+
+
+def _daps_row(lr: float, config: str, **options: object) -> Defaults:
+    return Defaults({"lr": lr, **options}, _DAPS_CONFIGS + config + " (pixel)")
+
+
+#: The ``pixel:`` Langevin settings of each task config of the official code.
+DAPS_TASK_DEFAULTS = MappingProxyType(
+    {
+        "gaussian_blur": _daps_row(1e-4, "gaussian_blur.yaml"),
+        "motion_blur": _daps_row(5e-5, "motion_blur.yaml"),
+        "super_resolution": _daps_row(1e-4, "down_sampling.yaml"),
+        "box_inpainting": _daps_row(5e-5, "inpainting.yaml"),
+        "random_inpainting": _daps_row(1e-4, "inpainting_rand.yaml"),
+        "phase_retrieval": _daps_row(5e-5, "phase_retrieval.yaml"),
+        "hdr": _daps_row(2e-5, "hdr.yaml"),
+        "nonlinear_blur": _daps_row(1e-5, "nonlinear_blur.yaml", langevin_steps=200),
+    }
+)
 
 
 @register
@@ -61,11 +65,9 @@ class DAPS(Method):
     masks) the Langevin step ``lr = 1e-4`` sits at the stability limit
     :math:`\eta\, 2\lVert A\rVert^2/\tau^2 = 2` at the first levels, as in the official runs.
 
-    **Per task** (``operator.task``): ``lr`` 1e-4 (Gaussian blur, SR, random inpainting),
-    5e-5 (motion blur, box inpainting, phase retrieval), 2e-5 (HDR), 1e-5 and 200 Langevin
-    steps (nonlinear blur); 1e-4 otherwise.  ``lr_min_ratio = 0.01``, 200 levels, 5 ODE
-    steps, 100 Langevin steps.  Cost: ``steps * ode_steps`` NFE (1000) and
-    ``steps * langevin_steps`` operator gradients (20,000); no network backprop.
+    **Per task**: ``lr`` and ``langevin_steps`` from :attr:`task_defaults` (the
+    ``pixel:`` block of each task config); ``lr_min_ratio = 0.01``, 200 levels, 5 ODE
+    steps, 100 Langevin steps.
 
     Still different from the official code: its ADM network is queried through EDM's
     ``VPPrecond`` at the continuous time :math:`999\, t(\sigma)` of the VP SDE
@@ -84,31 +86,27 @@ class DAPS(Method):
     needs = ("vjp", "pixel")
     default_steps = 200
     summary = "DAPS: annealed Langevin on the decoupled posterior p(x0 | x_t, y)"
+    task_defaults = DAPS_TASK_DEFAULTS
 
     sigma_max: float = 100.0
     sigma_min: float = 0.1
     ode_steps: int = 5
     ode_sigma_min: float = 0.01
-    langevin_steps: int | None = None
-    lr: float | None = None
+    langevin_steps: int = 100
+    lr: float = 1e-4
     lr_min_ratio: float = 0.01
     tau: float = 0.01
 
     def resolved(self, problem: Problem) -> "DAPS":
         if not 0 < self.sigma_min <= self.sigma_max:
             raise ValueError(f"need 0 < sigma_min <= sigma_max, got {self.sigma_min}, {self.sigma_max}")
-        if self.ode_steps < 1 or (self.langevin_steps is not None and self.langevin_steps < 0):
+        if self.ode_steps < 1 or self.langevin_steps < 0:
             raise ValueError("need ode_steps >= 1 and langevin_steps >= 0")
-        if (self.lr is not None and self.lr <= 0) or not 0 < self.lr_min_ratio <= 1:
+        if self.lr <= 0 or not 0 < self.lr_min_ratio <= 1:
             raise ValueError("need lr > 0 and 0 < lr_min_ratio <= 1")
         if self.tau <= 0 or self.ode_sigma_min <= 0:
             raise ValueError(f"tau and ode_sigma_min must be > 0, got {self.tau}, {self.ode_sigma_min}")
-        task = getattr(problem.operator, "task", getattr(problem.operator, "kind", "generic"))
-        lr = DAPS_LRS.get(task, DAPS_DEFAULT_LR) if self.lr is None else self.lr
-        langevin = self.langevin_steps
-        if langevin is None:
-            langevin = DAPS_LANGEVIN_STEPS.get(task, DAPS_DEFAULT_LANGEVIN_STEPS)
-        return dataclasses.replace(self, lr=lr, langevin_steps=langevin)
+        return self
 
     def annealing_sigmas(self, steps: int) -> list[float]:
         """The ``steps`` visited levels: the poly-7 grid of ``steps + 1`` points without its last."""

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -12,19 +12,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from invsolve.samplers.base import Method, Problem, register
+from invsolve.samplers.base import Defaults, Method, Problem, register
 
-#: ``(lam, zeta)`` of the official scripts (yuanzhi-zhu/DiffPIR) by operator kind:
-#: ``main_ddpir_deblur.py`` runs ``lambda_ * 7`` and ``zeta * 3`` from ``lambda_ = 1``, ``zeta = 0.1``;
-#: ``main_ddpir_inpainting.py`` runs ``lambda_ = 1``, ``zeta = 1``; ``main_ddpir_sisr.py`` sweeps
-#: ``lambda_ = 2 ... 12`` with ``zeta = 0.25`` (see :class:`DiffPIR` for the value kept).
-DIFFPIR_SETTINGS = {
-    "blur": (7.0, 0.3),
-    "super_resolution": (4.0, 0.25),
-    "inpainting": (1.0, 1.0),
-}
-#: Operators no script covers (nonlinear, matrices) get the deblurring script's values.
-DIFFPIR_DEFAULT_SETTINGS = (7.0, 0.3)
+_DIFFPIR = "yuanzhi-zhu/DiffPIR "
+
+#: ``(lam, zeta)`` of the official scripts: the deblurring script runs ``lambda_ * 7`` and
+#: ``zeta * 3`` from ``lambda_ = 1``, ``zeta = 0.1``; the SISR script sweeps ``lambda_ = 2 ... 12``
+#: with ``zeta = 0.25`` (see :class:`DiffPIR` for the value kept).  The field defaults are the
+#: deblurring values.
+DIFFPIR_TASK_DEFAULTS = MappingProxyType(
+    {
+        "blur": Defaults({"lam": 7.0, "zeta": 0.3}, _DIFFPIR + "main_ddpir_deblur.py"),
+        "super_resolution": Defaults(
+            {"lam": 4.0, "zeta": 0.25}, _DIFFPIR + "main_ddpir_sisr.py (lambda_ swept 2 ... 12; 4 kept)"
+        ),
+        "inpainting": Defaults({"lam": 1.0, "zeta": 1.0}, _DIFFPIR + "main_ddpir_inpainting.py"),
+    }
+)
 #: The scripts' floor on the measurement noise level, on their [0, 1] scale.
 DIFFPIR_MIN_NOISE_01 = 1e-3
 
@@ -103,7 +107,7 @@ class DiffPIR(Method):
     ``noise_sigma`` is on [-1, 1], so :math:`\sigma_n = \max(\text{noise\_sigma}/2, 0.001)`
     and ``lam`` keeps its published meaning (:math:`\lambda = 4` is Gaussian conditioning).
 
-    **Defaults** (``lam`` / ``zeta`` from ``operator.kind`` when left ``None``): blur
+    **Defaults** (``lam`` / ``zeta``, :attr:`task_defaults`): blur
     7 / 0.3 (``main_ddpir_deblur.py``), inpainting 1 / 1 (``main_ddpir_inpainting.py``),
     super-resolution ``zeta = 0.25`` with ``lam = 4``: ``main_ddpir_sisr.py`` sweeps
     ``lam = 2 ... 12`` and the paper keeps the best per dataset (its appendix B, not in
@@ -122,18 +126,17 @@ class DiffPIR(Method):
     summary = "DiffPIR: half-quadratic splitting with a closed-form prox (or one gradient step) per level"
     clips_denoised = True
 
-    lam: float | None = None
-    zeta: float | None = None
+    task_defaults = DIFFPIR_TASK_DEFAULTS
+
+    lam: float = 7.0
+    zeta: float = 0.3
 
     def resolved(self, problem: Problem) -> "DiffPIR":
-        if self.lam is not None and self.lam <= 0:
+        if self.lam <= 0:
             raise ValueError(f"lam must be > 0, got {self.lam}")
-        if self.zeta is not None and not 0 <= self.zeta <= 1:
+        if not 0 <= self.zeta <= 1:
             raise ValueError(f"zeta must be in [0, 1], got {self.zeta}")
-        lam, zeta = DIFFPIR_SETTINGS.get(getattr(problem.operator, "kind", "generic"), DIFFPIR_DEFAULT_SETTINGS)
-        return dataclasses.replace(
-            self, lam=lam if self.lam is None else self.lam, zeta=zeta if self.zeta is None else self.zeta
-        )
+        return self
 
     def rho(self, problem: Problem, sigma: float) -> float:
         """The splitting weight ``lam * sigma_n^2 / sigma_t^2`` (``sigma_n`` on [0, 1])."""

@@ -4,25 +4,33 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import torch
 from torch import Tensor
 
 import operators
-from invsolve.samplers.base import Method, Problem, register
+from invsolve.samplers.base import Defaults, Method, Problem, register
 from operators.conjugate_gradient import conjugate_gradient
 
-#: Official settings per operator kind (wustl-cig/DRP): ``(lam, relaxation, final_relaxation, final_iterations)``.
-#: Deblurring ``deblur_experments/DRP_deblur_k1.py``: 35 iterations, tau 0.1 then 0.05 for the last 5;
-#: super-resolution ``sisr_experiments/DRP_sisr_2x_k1.py``: lam 0.05, tau 0.05 for the last 11 of 30;
-#: denoising ``denoising_experiments/DRP_denoising_2x.py``: tau 0.02 throughout.
-DRP_SETTINGS: dict[str, tuple[float, float, float, int]] = {
-    "blur": (0.04, 0.1, 0.05, 5),
-    "super_resolution": (0.05, 0.1, 0.05, 11),
-    "denoising": (0.04, 0.02, 0.02, 0),
-}
-DRP_DEFAULT_SETTINGS = DRP_SETTINGS["blur"]
+_DRP = "wustl-cig/DRP "
+
+
+def _drp_row(lam: float, tau: float, tau_final: float, final: int, script: str) -> Defaults:
+    options = {"lam": lam, "relaxation": tau, "final_relaxation": tau_final, "final_iterations": final}
+    return Defaults(options, _DRP + script)
+
+
+#: ``lam`` and the relaxation schedule of the official scripts; the field defaults are the
+#: deblurring values.
+DRP_TASK_DEFAULTS = MappingProxyType(
+    {
+        "blur": _drp_row(0.04, 0.1, 0.05, 5, "deblur_experments/DRP_deblur_k1.py"),
+        "super_resolution": _drp_row(0.05, 0.1, 0.05, 11, "sisr_experiments/DRP_sisr_2x_k1.py"),
+        "denoising": _drp_row(0.04, 0.02, 0.02, 0, "denoising_experiments/DRP_denoising_2x.py"),
+    }
+)
 
 
 def resize_factor(operator: Any) -> int:
@@ -77,7 +85,7 @@ class DRP(Method):
 
     **Schedule.** ``relaxation`` (tau) 0.1, then ``final_relaxation`` 0.05 for the last
     ``final_iterations`` (deblurring: 5 of 35; SR: 11 of the scripts' 30); denoising 0.02 throughout.
-    Chosen per ``operator.kind`` when left ``None`` (deblurring values for other kinds).
+    Per operator family from :attr:`task_defaults` (deblurring values for other families).
     **Prior refinement** (the paper's section 4): where a second restorer is given as
     ``refinement`` (a restorer prior, or a bundled name / folder for ``priors.load_prior``), it
     replaces ``R`` for the last ``final_iterations``, as the official scripts switch from their x3
@@ -91,22 +99,17 @@ class DRP(Method):
     default_steps = 35
     summary = "DRP: a restoration network R as implicit prior, x <- sprox(x - tau (x - R(H x))) (needs a restorer prior)"
 
-    lam: float | None = None
-    relaxation: float | None = None
-    final_relaxation: float | None = None
-    final_iterations: int | None = None
+    task_defaults = DRP_TASK_DEFAULTS
+
+    lam: float = 0.04
+    relaxation: float = 0.1
+    final_relaxation: float = 0.05
+    final_iterations: int = 5
     cg_iterations: int = 3
     refinement: Any = None
 
     def resolved(self, problem: Problem) -> "DRP":
-        lam, tau, tau_final, final = DRP_SETTINGS.get(getattr(problem.operator, "kind", ""), DRP_DEFAULT_SETTINGS)
-        method = dataclasses.replace(
-            self,
-            lam=lam if self.lam is None else self.lam,
-            relaxation=tau if self.relaxation is None else self.relaxation,
-            final_relaxation=tau_final if self.final_relaxation is None else self.final_relaxation,
-            final_iterations=final if self.final_iterations is None else self.final_iterations,
-        )
+        method = self
         if method.lam <= 0:
             raise ValueError(f"lam must be > 0, got {method.lam}")
         for label, value in (("relaxation", method.relaxation), ("final_relaxation", method.final_relaxation)):

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Mapping
 
 from torch import Tensor
 
-from invsolve.samplers.base import Method, Problem, register
-from invsolve.samplers.psld import psld_sampling, psld_weights
+from invsolve.samplers.base import Defaults, Method, Problem, register
+from invsolve.samplers.psld import PSLD_LDM_TASK_DEFAULTS, PSLD_SD_TASK_DEFAULTS, psld_sampling
+
+
+def _omega_only(table: Mapping[str, Defaults]) -> Mapping[str, Defaults]:
+    return MappingProxyType({task: Defaults({"omega": row.options["omega"]}, row.source) for task, row in table.items()})
+
+
+#: PSLD's run scripts' ``omega``, for Stable Diffusion and for the other LDMs.
+LATENT_DPS_SD_TASK_DEFAULTS = _omega_only(PSLD_SD_TASK_DEFAULTS)
+LATENT_DPS_LDM_TASK_DEFAULTS = _omega_only(PSLD_LDM_TASK_DEFAULTS)
 
 
 @register
@@ -29,7 +39,7 @@ class LatentDPS(Method):
 
     per-sample norms, ``n`` fresh noise when ``residual_noise`` (the code's ``noiser``).
     Defaults as PSLD's run scripts: 1000 CompVis DDIM steps, ``eta = 0``, ``omega`` from
-    :func:`~invsolve.samplers.psld.psld_weights` (Stable Diffusion 1, box inpainting 0.1;
+    :func:`~invsolve.samplers.psld.psld_defaults_table` (Stable Diffusion 1, box inpainting 0.1;
     other LDMs 0.1, super-resolution 0.9).  The result is the decoded last state.  Cost per
     step: 1 NFE, one decoder pass and one backprop through decoder and network.
     """
@@ -39,14 +49,21 @@ class LatentDPS(Method):
     default_steps = 1000
     summary = "DPS through the decoder of a latent diffusion prior (PSLD's sampler without gluing)"
 
-    omega: float | None = None
+    task_defaults = LATENT_DPS_SD_TASK_DEFAULTS
+
+    omega: float = 1.0
     eta: float = 0.0
     residual_noise: bool = True
+
+    @classmethod
+    def defaults_table(cls, prior: Any = None) -> Mapping[str, Defaults]:
+        text = getattr(prior, "text_conditioned", False)
+        return LATENT_DPS_SD_TASK_DEFAULTS if text else LATENT_DPS_LDM_TASK_DEFAULTS
 
     def resolved(self, problem: Problem) -> "LatentDPS":
         if not 0 <= self.eta <= 1:
             raise ValueError(f"eta must be in [0, 1], got {self.eta}")
-        return self if self.omega is not None else dataclasses.replace(self, omega=psld_weights(problem)[0])
+        return self
 
     def run(self, problem: Problem) -> Tensor:
         return psld_sampling(problem, self.omega, 0.0, self.eta, self.residual_noise)

@@ -80,6 +80,11 @@ class MCG(Method):
     needs = ("vjp", "pinv", "pixel")
     default_steps = 1000
     summary = "MCG: DPS step plus projection onto the noised measurement set (noiseless problems)"
+    noiseless_only = (
+        "its projection puts y, noise included, back into the range of A at every step (the official code "
+        "and experiments are noiseless); for noisy data use dps (the same gradient step without the "
+        "projection) or ddrm"
+    )
     clips_denoised = True
 
     alpha: float = 1.0

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import torch
 from torch import Tensor
 
-from invsolve.samplers.base import Method, Problem, register
+from invsolve.samplers.base import Defaults, Method, Problem, register
 from invsolve.samplers.updates import ddim_step, spectral_measurement
 from invsolve.schedules import strided_timesteps
 from operators.conjugate_gradient import conjugate_gradient
@@ -64,14 +66,18 @@ class PiGDM(Method):
     reads ``sigma_y``); for inpainting (its ``in2`` degradations) the measured pixels of
     ``D`` are replaced by ``y`` and ``g`` is masked to the missing ones after the VJP,
     generalised here as ``D <- D - A^+ (A D - y)``, ``g <- g - A^+ A g``
-    (``replace_observed``, on for operators of kind ``"inpainting"``), while the DDIM
+    (``replace_observed``, on for inpainting in :attr:`task_defaults`), while the DDIM
     direction keeps the network's ``eps``.
 
-    Option, not the official default: ``noisy_guidance=True`` uses the paper's noisy
-    likelihood, ``g = J_D^T r^2 A^T (r^2 A A^T + sigma_y^2 I)^{-1} (y - A D)`` with
-    ``r^2 = sigma^2 / (1 + sigma^2)`` (:func:`pigdm_direction`), equal to the official
-    form when ``noise_sigma = 0``.  With ``noise_sigma > 0`` and an ill-conditioned ``A``
-    (deblurring) the official ``A^+`` amplifies the measurement noise by ``1 / s_min``.
+    **Noisy measurements** follow the paper (its Sec. 3.2), where the official code
+    hard-codes the special case ``sigma_y = 0``: ``noisy_guidance`` (``None``: on when
+    ``noise_sigma > 0``, recorded in ``Result.options``) replaces ``A^+`` by
+    ``r^2 A^T (r^2 A A^T + sigma_y^2 I)^{-1}`` with ``r^2 = sigma^2 / (1 + sigma^2)``
+    (:func:`pigdm_direction`), so that ``g = J_D^T r^2 A^T (r^2 A A^T + sigma_y^2 I)^{-1}
+    (y - A D)``; with ``noise_sigma = 0`` the two are the same.  ``noisy_guidance=False``
+    runs the code's ``A^+``, which amplifies the measurement noise by ``1 / s_min`` for an
+    ill-conditioned ``A`` (deblurring).  An operator with neither an SVD nor an adjoint
+    keeps ``A^+``, with a warning.
 
     Noise scale: ``noise_sigma`` on the [-1, 1] scale.  Needs ``A^+`` and a VJP through
     the network (with ``noisy_guidance``: the SVD, or conjugate gradients through the
@@ -82,16 +88,32 @@ class PiGDM(Method):
     needs = ("pinv", "vjp", "pixel")
     default_steps = 100
     summary = "ΠGDM: pseudo-inverse guidance through one vector-Jacobian product of the denoiser"
+    task_defaults = MappingProxyType(
+        {
+            "blur": Defaults({}, "NVlabs/RED-diff sample_test.sh (deg=deblur_gauss)"),
+            "super_resolution": Defaults({}, "NVlabs/RED-diff sample_test.sh (deg=sr4)"),
+            "inpainting": Defaults({"replace_observed": True}, "NVlabs/RED-diff algos/pgdm.py (in2 degradations)"),
+        }
+    )
 
     eta: float = 1.0
     weight: float = 1.0
-    noisy_guidance: bool = False
-    replace_observed: bool | None = None
+    noisy_guidance: bool | None = None
+    replace_observed: bool = False
 
     def resolved(self, problem: Problem) -> "PiGDM":
-        if self.replace_observed is not None:
+        if self.noisy_guidance is not None:
             return self
-        return dataclasses.replace(self, replace_observed=getattr(problem.operator, "kind", "") == "inpainting")
+        noisy = problem.noise_sigma > 0
+        if noisy and not {"svd", "adjoint"} & problem.operator.capabilities:
+            warnings.warn(
+                "pigdm: the operator has neither an SVD nor an adjoint, so the noisy guidance of the paper "
+                "cannot be formed; using the noiseless pseudo-inverse guidance, which amplifies the noise",
+                UserWarning,
+                stacklevel=4,
+            )
+            noisy = False
+        return dataclasses.replace(self, noisy_guidance=noisy)
 
     def _direction(self, problem: Problem, residual: Tensor, sigma: float) -> Tensor:
         if self.noisy_guidance:

@@ -2,30 +2,50 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor
 
-from invsolve.samplers.base import Method, Problem, register
+from invsolve.samplers.base import Defaults, Method, Problem, register
 from invsolve.samplers.latent import latent_problem, ldm_ddim_levels, network_epsilon, vp_scale
 from invsolve.samplers.updates import ddim_step, ve_step_factor
 
 
-def psld_weights(problem: Problem) -> tuple[float, float]:
-    """``(omega, gamma)`` of LituRout/PSLD's run scripts for this prior and operator.
+_RUN = "LituRout/PSLD stable-diffusion/run/"
 
-    Stable Diffusion (text-conditioned priors, ``stable-diffusion/run/inverse*.sh``): ``omega = 1``,
-    ``gamma = 0.1`` (``scripts/inverse.py`` defaults), box inpainting 0.1 / 0.01
-    (``inverse_bip.sh``).  Other latent diffusion models (``run/inverse_*_ldm.sh``, LDM FFHQ 256):
-    0.1 / 0.1, super-resolution ``omega = 0.9`` (``inverse_sr_ldm.sh``).
-    """
-    task = getattr(problem.operator, "task", getattr(problem.operator, "kind", "generic"))
-    if getattr(problem.prior, "text_conditioned", False):
-        return (0.1, 0.01) if task == "box_inpainting" else (1.0, 0.1)
-    return (0.9 if getattr(problem.operator, "kind", "generic") == "super_resolution" else 0.1), 0.1
+
+def _row(omega: float, gamma: float, script: str) -> Defaults:
+    return Defaults({"omega": omega, "gamma": gamma}, _RUN + script)
+
+
+#: ``(omega, gamma)`` of the Stable Diffusion run scripts (``--omega`` / ``--gamma``; the
+#: scripts that pass neither run ``scripts/inverse.py``'s defaults, 1 / 0.1).
+PSLD_SD_TASK_DEFAULTS = MappingProxyType(
+    {
+        "super_resolution": _row(1.0, 0.1, "inverse.sh"),
+        "gaussian_blur": _row(1.0, 0.1, "inverse_gb.sh"),
+        "motion_blur": _row(1.0, 0.1, "inverse_mb.sh"),
+        "random_inpainting": _row(1.0, 0.1, "inverse_rip.sh"),
+        "box_inpainting": _row(0.1, 0.01, "inverse_bip.sh"),
+    }
+)
+#: The same for the other latent diffusion models (``*_ldm.sh``, LDM FFHQ 256): 0.1 / 0.1 for
+#: every blur and mask, ``omega = 0.9`` for super-resolution.
+PSLD_LDM_TASK_DEFAULTS = MappingProxyType(
+    {
+        "super_resolution": _row(0.9, 0.1, "inverse_sr_ldm.sh"),
+        "blur": _row(0.1, 0.1, "inverse_gb_ldm.sh, inverse_mb_ldm.sh"),
+        "inpainting": _row(0.1, 0.1, "inverse_bip_ldm.sh, inverse_rip_ldm.sh"),
+    }
+)
+
+
+def psld_defaults_table(prior: Any) -> Mapping[str, Defaults]:
+    """The Stable Diffusion scripts' table for text-conditioned priors, else the LDM scripts'."""
+    return PSLD_SD_TASK_DEFAULTS if getattr(prior, "text_conditioned", False) else PSLD_LDM_TASK_DEFAULTS
 
 
 class NullSpaceComponent(torch.autograd.Function):
@@ -119,7 +139,7 @@ class PSLD(Method):
     image is the projection onto ``{x : A x = y}`` only when ``A A^T = I`` (masks,
     super-resolution normalised to orthonormal rows), which is where the paper's
     guarantee holds; elsewhere the term is a heuristic.  ``omega`` / ``gamma`` default to
-    the run scripts' values (:func:`psld_weights`).  1000 steps (all ``T`` timesteps: the
+    the run scripts' values (:func:`psld_defaults_table`).  1000 steps (all ``T`` timesteps: the
     alphas are read one timestep below the network's ``t``, as the code does), DDIM
     ``eta = 0``.  Cost per step: 1 NFE, one decoder and one encoder pass, one backprop
     through all three.
@@ -135,18 +155,21 @@ class PSLD(Method):
     default_steps = 1000
     summary = "posterior sampling with latent diffusion (DPS through the decoder plus the gluing term)"
 
-    omega: float | None = None
-    gamma: float | None = None
+    task_defaults = PSLD_SD_TASK_DEFAULTS
+
+    omega: float = 1.0
+    gamma: float = 0.1
     eta: float = 0.0
     residual_noise: bool = True
 
+    @classmethod
+    def defaults_table(cls, prior: Any = None) -> Mapping[str, Defaults]:
+        return psld_defaults_table(prior)
+
     def resolved(self, problem: Problem) -> "PSLD":
-        omega, gamma = psld_weights(problem)
-        omega = omega if self.omega is None else self.omega
-        gamma = gamma if self.gamma is None else self.gamma
-        if gamma < 0 or not 0 <= self.eta <= 1:
-            raise ValueError(f"need gamma >= 0 and 0 <= eta <= 1, got {gamma}, {self.eta}")
-        return dataclasses.replace(self, omega=omega, gamma=gamma)
+        if self.gamma < 0 or not 0 <= self.eta <= 1:
+            raise ValueError(f"need gamma >= 0 and 0 <= eta <= 1, got {self.gamma}, {self.eta}")
+        return self
 
     def run(self, problem: Problem) -> Tensor:
         return psld_sampling(problem, self.omega, self.gamma, self.eta, self.residual_noise)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Callable
 
 import torch
 from torch import Tensor
 
-from invsolve.samplers.base import Method, Problem, register
+from invsolve.samplers.base import Defaults, Method, Problem, register
 from invsolve.samplers.updates import misfit_gradient, spectral_misfit_gradient
 from invsolve.schedules import strided_timesteps
 
@@ -27,21 +27,32 @@ REDDIFF_WEIGHTINGS: dict[str, Callable[[float], float]] = {
 REDDIFF_INITS = ("auto", "pinv", "tikhonov", "adjoint", "zeros")
 #: The operator method each start needs.
 INIT_NEEDS = {"tikhonov": "prox", "pinv": "pinv", "adjoint": "adjoint"}
-#: ``(lam, lr)`` from NVlabs/RED-diff's scripts, by ``operator.task`` then ``operator.kind``:
-#: ``sample_batch.sh`` (the batch runs: ``grad_term_weight=1.0`` for ``sr4`` and ``in2_20ff``, ``lr``
-#: from ``_configs/algo/reddiff.yaml``) and ``sample_test.sh`` (``deblur_gauss``, ``deblur_nl``,
-#: ``hdr``, ``phase_retrieval``: 0.25 / 0.5).  Tasks the scripts do not run (motion blur, ...) get
-#: the config's values.
-REDDIFF_SETTINGS = {
-    "super_resolution": (1.0, 0.1),
-    "inpainting": (1.0, 0.1),
-    "gaussian_blur": (0.25, 0.5),
-    "nonlinear_blur": (0.25, 0.5),
-    "phase_retrieval": (0.25, 0.5),
-    "hdr": (0.25, 0.5),
-}
-#: ``_configs/algo/reddiff.yaml``: ``grad_term_weight: 0.25``, ``lr: 0.1``.
-REDDIFF_DEFAULT_SETTINGS = (0.25, 0.1)
+_REDDIFF = "NVlabs/RED-diff "
+_BATCH = _REDDIFF + "sample_batch.sh (grad_term_weight=1.0; lr from _configs/algo/reddiff.yaml)"
+_TEST = _REDDIFF + "sample_test.sh"
+
+#: ``(lam, lr)`` of the official scripts; tasks they do not run (motion blur, ...) get the
+#: field defaults, ``_configs/algo/reddiff.yaml``: ``grad_term_weight: 0.25``, ``lr: 0.1``.
+REDDIFF_TASK_DEFAULTS = MappingProxyType(
+    {
+        "super_resolution": Defaults({"lam": 1.0, "lr": 0.1}, _BATCH + ", sr4"),
+        "inpainting": Defaults(
+            {"lam": 1.0, "lr": 0.1},
+            _BATCH + ", in2_20ff",
+            noisy={"lr": 0.25},
+            noisy_source=_TEST + ", in2_20ff with algo.sigma_y=0.1, lr 0.25, grad_term_weight 1.0",
+        ),
+        "gaussian_blur": Defaults(
+            {"lam": 0.25, "lr": 0.5},
+            _TEST + ", deblur_gauss",
+            noisy_warning="the scripts run it at sigma_y = 0 only, where nothing weighs the data term against noise; "
+            "for noisy blur use diffpir or ddrm",
+        ),
+        "nonlinear_blur": Defaults({"lam": 0.25, "lr": 0.5}, _TEST + ", deblur_nl"),
+        "phase_retrieval": Defaults({"lam": 0.25, "lr": 0.5}, _TEST + ", phase_retrieval"),
+        "hdr": Defaults({"lam": 0.25, "lr": 0.5}, _TEST + ", hdr"),
+    }
+)
 
 
 @register
@@ -106,8 +117,7 @@ class REDDiff(Method):
     so the method is MAP-like and its samples vary only through the optimisation noise.
 
     **Defaults**: ``weighting = "linear"``, ``obs_weight = 1``, Adam betas (0.9, 0.99), 1000
-    steps (``sample_batch.sh``); ``lam`` / ``lr`` from ``operator.task`` / ``kind`` when left
-    ``None``: SR and inpainting 1.0 / 0.1 (``sample_batch.sh``), Gaussian blur, nonlinear blur,
+    steps (``sample_batch.sh``); ``lam`` / ``lr`` from :attr:`task_defaults`: SR and inpainting 1.0 / 0.1 (``sample_batch.sh``), Gaussian blur, nonlinear blur,
     phase retrieval and HDR 0.25 / 0.5 (``sample_test.sh``), others, motion blur included (the
     scripts run none), 0.25 / 0.1 (``_configs/algo/reddiff.yaml``).
     Not implemented: ``sigma_x0`` (0 in every official setting but one commented line)
@@ -119,9 +129,11 @@ class REDDiff(Method):
     default_steps = 1000
     summary = "RED-Diff: Adam on a point estimate with denoiser (score-matching) regularisation"
 
-    lam: float | None = None
+    task_defaults = REDDIFF_TASK_DEFAULTS
+
+    lam: float = 0.25
     obs_weight: float = 1.0
-    lr: float | None = None
+    lr: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
     weighting: str = "linear"
@@ -132,15 +144,9 @@ class REDDiff(Method):
             raise ValueError(f"weighting must be one of {sorted(REDDIFF_WEIGHTINGS)}, got {self.weighting!r}")
         if self.init not in REDDIFF_INITS:
             raise ValueError(f"init must be one of {REDDIFF_INITS}, got {self.init!r}")
-        operator = problem.operator
-        kind = getattr(operator, "kind", "generic")
-        task = getattr(operator, "task", kind)
-        lam, lr = REDDIFF_SETTINGS.get(task, REDDIFF_SETTINGS.get(kind, REDDIFF_DEFAULT_SETTINGS))
-        lam = lam if self.lam is None else self.lam
-        lr = lr if self.lr is None else self.lr
-        if lr <= 0 or lam < 0 or self.obs_weight < 0:
+        if self.lr <= 0 or self.lam < 0 or self.obs_weight < 0:
             raise ValueError("need lr > 0, lam >= 0 and obs_weight >= 0")
-        return dataclasses.replace(self, lam=lam, lr=lr)
+        return self
 
     def initial_estimate(self, problem: Problem) -> Tensor:
         """``A^+ y``, the Tikhonov solution, ``A^T y`` or zeros, as ``init`` asks and the operator allows."""
