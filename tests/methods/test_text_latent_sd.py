@@ -1,5 +1,5 @@
 """TReg and P2L end to end on a tiny Stable-Diffusion-type pipeline and CLIP image encoder
-(:mod:`tests.tiny_sd`), saved and loaded from disk; text conditioning and CLIP loading
+(:mod:`tests.helpers.tiny_sd`), saved and loaded from disk; text conditioning and CLIP loading
 checked against the components called directly."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from invsolve.samplers.treg import negated_null_text
 from operators import Inpainting
 from priors import load_prior
 from priors.clip_image import CLIP_MEAN, CLIP_STD, load_clip_image_encoder
-from tests.test_latent_priors import NETWORK_TOLERANCE, ddpm_x0, table_sigma
-from tests.tiny_sd import CLIP_IMAGE_SIZE, save_tiny_sd
+from tests.helpers.latent_pipelines import NETWORK_TOLERANCE, ddpm_x0, table_sigma
+from tests.helpers.tiny_sd import CLIP_IMAGE_SIZE, save_tiny_sd
 
 STEPS = 12
 NULL = "out of focus, depth of field"

@@ -10,14 +10,13 @@ import torch
 import invsolve.evaluation.work as work
 import operators
 import priors
-from gaussian_evaluate import SIZE, load_gaussian_prior, save_random_images
 from invsolve import solve
 from invsolve.cli import main
 from invsolve.evaluation.batch import StackedInpainting, stacked_operator
 from invsolve.samplers import DivergenceError, Problem
 from priors import load_prior
-from tests.test_latent_methods import make_linear_problem
-from tiny_priors import save_tiny_pixel_prior
+from tests.helpers.gaussian_evaluate import SIZE, load_gaussian_prior, save_random_images
+from tests.helpers.linear_latent import make_linear_problem
 
 SEEDS = [11, 22, 33]
 #: A batched convolution differs from batch 1 in the last float32 bits; 20 steps amplify that
@@ -31,8 +30,8 @@ OTHER_SEED_GAP = 1e-2
 
 
 @pytest.fixture(scope="module")
-def tiny_prior(tmp_path_factory):
-    return load_prior(str(save_tiny_pixel_prior(tmp_path_factory.mktemp("prior"), sample_size=16)))
+def tiny_prior(tiny_prior_dir):
+    return load_prior(str(tiny_prior_dir))
 
 
 @pytest.fixture(scope="module")

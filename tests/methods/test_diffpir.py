@@ -107,10 +107,10 @@ def official_diffpir(prior, A, y, noise_sigma, lam, zeta, steps, n, generator, s
     return x / math.sqrt(float(abar[0]))
 
 
-def test_loop_matches_a_transcription_of_the_official_script():
+def test_loop_matches_a_transcription_of_the_official_script(gmm_problem):
     """Same exact mixture as a DDPM model, same settings: invsolve is as far from the transcription as
     two official runs are; the scripts' other grid (skip_type "uniform") is not."""
-    prior, op, y, sigma_y, _ = make_gmm_problem(8, 4, 0)
+    prior, op, y, sigma_y, _ = gmm_problem
     table_prior = GaussianMixturePrior(prior.weights, prior.means, 1.0, alphas_cumprod=linear_alphas_cumprod())
     n, steps, lam, zeta = 500, 20, 7.0, 0.3
     runs = [official_diffpir(table_prior, op.A, y, sigma_y, lam, zeta, steps, n, torch.Generator().manual_seed(k))
@@ -166,8 +166,8 @@ def test_noise_level_is_read_on_the_papers_zero_one_scale():
     ("super_resolution", 4.0, 0.25),  # main_ddpir_sisr.py: zeta 0.25, lambda swept 2..12 (README: 4 kept)
     ("matrix", 7.0, 0.3),  # no script: the deblurring values
 ])
-def test_defaults_follow_the_scripts_per_operator_kind(kind, lam, zeta):
-    prior, op, y, sigma_y, _ = make_gmm_problem(8, 4, 0)
+def test_defaults_follow_the_scripts_per_operator_kind(gmm_problem, kind, lam, zeta):
+    prior, op, y, sigma_y, _ = gmm_problem
     operator = type("Op", (MatrixOperator,), {"kind": kind})(op.A)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -195,8 +195,8 @@ def test_start_is_the_scripts_noised_measurement():
     torch.testing.assert_close(start, math.sqrt(1 + s_y**2) * y + math.sqrt(float(table[-1]) ** 2 - s_y**2) * z)
 
 
-def test_same_seed_same_samples_and_rows_are_independent():
-    prior, op, y, sigma_y, _ = make_gmm_problem(8, 4, 0)
+def test_same_seed_same_samples_and_rows_are_independent(gmm_problem):
+    prior, op, y, sigma_y, _ = gmm_problem
     run = lambda meas, seed: solve(meas, op, prior, method="diffpir", steps=10, num_samples=3,  # noqa: E731
                                    noise_sigma=sigma_y, seed=seed, progress=False).samples
     torch.testing.assert_close(run(y, 5), run(y, 5), rtol=0, atol=0)
@@ -205,7 +205,7 @@ def test_same_seed_same_samples_and_rows_are_independent():
     torch.testing.assert_close(a[:, 0], b[:, 0], rtol=0, atol=1e-12)
 
 
-def test_black_box_operator_is_refused_with_what_is_missing():
+def test_black_box_operator_is_refused_with_what_is_missing(gmm_problem):
     class BlackBox(Operator):
         forward_only = True
 
@@ -215,13 +215,13 @@ def test_black_box_operator_is_refused_with_what_is_missing():
         def output_shape(self, shape):
             return (shape[0], 2)
 
-    prior, _, _, _, _ = make_gmm_problem(8, 4, 0)
+    prior, _, _, _, _ = gmm_problem
     with pytest.raises(ValueError, match="prox or vjp"):
         solve(torch.zeros(1, 2, dtype=F64), BlackBox(), prior, method="diffpir", x_shape=(1, 8), progress=False)
 
 
 @pytest.mark.parametrize("options", [{"lam": 0.0}, {"zeta": 1.5}])
-def test_bad_hyperparameters_are_refused(options):
-    prior, op, y, sigma_y, _ = make_gmm_problem(8, 4, 0)
+def test_bad_hyperparameters_are_refused(gmm_problem, options):
+    prior, op, y, sigma_y, _ = gmm_problem
     with pytest.raises(ValueError):
         solve(y, op, prior, method="diffpir", noise_sigma=sigma_y, progress=False, **options)

@@ -20,7 +20,6 @@ import operators
 from invsolve.cli import main
 from invsolve.evaluation.dataset import list_images, safe_name, shard
 from invsolve.io import load_image
-from tiny_priors import save_tiny_pixel_prior
 
 SIZE, STEPS, BOX, NOISE = 16, 3, 8, 0.05
 #: Agreement of scores between runs with other process or thread counts (float32 samplers, float64 metrics).
@@ -28,11 +27,6 @@ PSNR_TOLERANCE_DB, SSIM_TOLERANCE = 1e-4, 1e-5
 IMAGES = ["gray photo.jpg", "smooth.png", "sub/alpha.png"]
 METHODS = ["no-learning", "dps", "ddnm"]
 original_solve, original_no_learning = work.solve, work.no_learning
-
-
-@pytest.fixture(scope="module")
-def prior_dir(tmp_path_factory):
-    return save_tiny_pixel_prior(tmp_path_factory.mktemp("prior"), sample_size=SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -57,21 +51,21 @@ def offline_torch_home(tmp_path_factory):
     return tmp_path_factory.mktemp("torch_home")
 
 
-def evaluate_args(data_dir, prior_dir, out, *extra):
+def evaluate_args(data_dir, tiny_prior_dir, out, *extra):
     return [
         "evaluate", str(data_dir), "--operator", "inpainting", "--operator-arg", "mask=box",
-        "--operator-arg", f"size={BOX}", "--noise-sigma", str(NOISE), "--prior", str(prior_dir),
+        "--operator-arg", f"size={BOX}", "--noise-sigma", str(NOISE), "--prior", str(tiny_prior_dir),
         "--methods", "dps,ddnm", "--size", str(SIZE), "--steps", str(STEPS), "--out", str(out), "--quiet", *extra,
     ]
 
 
 @pytest.fixture(scope="module")
-def reference_out(tmp_path_factory, data_dir, prior_dir, offline_torch_home):
+def reference_out(tmp_path_factory, data_dir, tiny_prior_dir, offline_torch_home):
     """One complete single-process evaluation."""
     out = tmp_path_factory.mktemp("reference") / "out"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TORCH_HOME", str(offline_torch_home))
-        assert main(evaluate_args(data_dir, prior_dir, out)) == 0
+        assert main(evaluate_args(data_dir, tiny_prior_dir, out)) == 0
     return out
 
 
@@ -155,7 +149,7 @@ def offline(monkeypatch, offline_torch_home):
 
 
 def test_rerun_does_no_work_and_overwrite_redoes_it(
-    reference_out, data_dir, prior_dir, offline, tmp_path, monkeypatch, caplog
+    reference_out, data_dir, tiny_prior_dir, offline, tmp_path, monkeypatch, caplog
 ):
     out = tmp_path / "out"
     shutil.copytree(reference_out, out)
@@ -166,7 +160,7 @@ def test_rerun_does_no_work_and_overwrite_redoes_it(
 
     monkeypatch.setattr(work, "solve", refuse)
     monkeypatch.setattr(work, "no_learning", refuse)
-    assert main(evaluate_args(data_dir, prior_dir, out)) == 0
+    assert main(evaluate_args(data_dir, tiny_prior_dir, out)) == 0
     assert scores(read_csv(out / "metrics.csv")) == scores(read_csv(reference_out / "metrics.csv"))
     assert stamps == {p: p.stat().st_mtime_ns for p in (out / "methods").rglob("*.png")}
     assert sum("LPIPS unavailable" in record.getMessage() for record in caplog.records) == 1
@@ -174,12 +168,12 @@ def test_rerun_does_no_work_and_overwrite_redoes_it(
     calls = []
     monkeypatch.setattr(work, "solve", lambda *a, **k: calls.append(k["method"]) or original_solve(*a, **k))
     monkeypatch.setattr(work, "no_learning", lambda *a: calls.append("no-learning") or original_no_learning(*a))
-    assert main(evaluate_args(data_dir, prior_dir, out, "--overwrite")) == 0
+    assert main(evaluate_args(data_dir, tiny_prior_dir, out, "--overwrite")) == 0
     assert sorted(calls) == sorted(METHODS * len(IMAGES))
     assert scores(read_csv(out / "metrics.csv")) == scores(read_csv(reference_out / "metrics.csv"))
 
 
-def test_interrupted_run_keeps_what_it_finished(reference_out, data_dir, prior_dir, offline, tmp_path, monkeypatch):
+def test_interrupted_run_keeps_what_it_finished(reference_out, data_dir, tiny_prior_dir, offline, tmp_path, monkeypatch):
     out = tmp_path / "out"
     calls = []
 
@@ -190,21 +184,21 @@ def test_interrupted_run_keeps_what_it_finished(reference_out, data_dir, prior_d
         return original_solve(*args, **kwargs)
 
     monkeypatch.setattr(work, "solve", interrupt_second_solve)
-    assert main(evaluate_args(data_dir, prior_dir, out)) == 130
+    assert main(evaluate_args(data_dir, tiny_prior_dir, out)) == 130
     finished = scores(read_csv(out / "metrics.csv"))
     assert list(finished) == [(IMAGES[0], "no-learning"), (IMAGES[0], "dps")]
 
     calls.clear()
     monkeypatch.setattr(work, "solve", lambda *a, **k: calls.append(k["method"]) or original_solve(*a, **k))
-    assert main(evaluate_args(data_dir, prior_dir, out)) == 0
+    assert main(evaluate_args(data_dir, tiny_prior_dir, out)) == 0
     assert len(calls) == 2 * len(IMAGES) - 1
     assert scores(read_csv(out / "metrics.csv")) == scores(read_csv(reference_out / "metrics.csv"))
 
 
-def test_changed_setup_is_refused_without_overwrite(reference_out, data_dir, prior_dir, tmp_path, capsys):
+def test_changed_setup_is_refused_without_overwrite(reference_out, data_dir, tiny_prior_dir, tmp_path, capsys):
     out = tmp_path / "out"
     shutil.copytree(reference_out, out)
-    args = evaluate_args(data_dir, prior_dir, out)
+    args = evaluate_args(data_dir, tiny_prior_dir, out)
     args[args.index("--noise-sigma") + 1] = "0.1"
     assert main(args) == 2
     error = capsys.readouterr().err.strip()
@@ -229,7 +223,7 @@ def test_names_cannot_leave_out_or_collide_and_shards_are_disjoint(tmp_path):
 
 
 def test_two_accelerate_processes_give_the_rows_of_one(
-    reference_out, data_dir, prior_dir, offline_torch_home, tmp_path
+    reference_out, data_dir, tiny_prior_dir, offline_torch_home, tmp_path
 ):
     """accelerate 1.15 starts several CPU processes only through its torchrun launcher (--multi_gpu);
     CUDA is hidden and ACCELERATE_USE_CPU makes them talk through gloo.  Other processes and thread
@@ -246,7 +240,7 @@ def test_two_accelerate_processes_give_the_rows_of_one(
         "-m", "invsolve",
     ]
     done = subprocess.run(
-        launch + evaluate_args(data_dir, prior_dir, out), env=env, capture_output=True, text=True, timeout=300
+        launch + evaluate_args(data_dir, tiny_prior_dir, out), env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert sum("LPIPS unavailable" in line for line in done.stderr.splitlines()) == 1

@@ -10,14 +10,8 @@ from PIL import Image
 import priors.locations as locations
 from invsolve.cli import main
 from priors import load_prior
-from tiny_priors import save_tiny_pixel_prior
 
 SIZE = 16
-
-
-@pytest.fixture(scope="module")
-def prior_dir(tmp_path_factory):
-    return save_tiny_pixel_prior(tmp_path_factory.mktemp("prior"), sample_size=SIZE)
 
 
 def corrupt(folder, case):
@@ -53,11 +47,11 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_broken_prior_files_give_one_line_naming_the_file(case, prior_dir, tmp_path, capsys):
+def test_broken_prior_files_give_one_line_naming_the_file(case, tiny_prior_dir, tmp_path, capsys):
     import shutil
 
     folder = tmp_path / "prior"
-    shutil.copytree(prior_dir, folder)
+    shutil.copytree(tiny_prior_dir, folder)
     target = corrupt(folder, case)
     with pytest.raises(ValueError, match=CASES[case]):
         load_prior(target)

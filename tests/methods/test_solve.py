@@ -13,12 +13,7 @@ from invsolve.samplers.updates import ddim_step
 from invsolve.schedules import karras_sigmas
 from operators import MatrixOperator, Operator
 from priors import GaussianMixturePrior, GaussianPrior
-from tests.posterior_problems import make_gmm_problem, sliced_wasserstein
-
-
-@pytest.fixture(scope="module")
-def gmm_problem():
-    return make_gmm_problem(d=8, d_y=4, seed=0)
+from tests.helpers.posterior_problems import sliced_wasserstein
 
 
 def _sw(samples, posterior, seed=0):

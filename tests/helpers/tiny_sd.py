@@ -1,6 +1,6 @@
 """A tiny Stable-Diffusion-type pipeline and a matching tiny CLIP image encoder, saved to disk.
 
-The pipeline reuses the components of ``tests/test_latent_priors.py`` (KL autoencoder with
+The pipeline reuses the components of :mod:`tests.helpers.latent_pipelines` (KL autoencoder with
 f = 2, a one-layer CLIP text encoder 16 wide over single letters, a cross-attention
 UNet2DConditionModel, DDPM schedule of ``T`` steps with SD's ``steps_offset = 1``), saved by
 diffusers' own ``StableDiffusionPipeline.save_pretrained``.  The CLIP vision model projects
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from tests.test_latent_priors import T, tiny_autoencoder, tiny_conditional_unet, tiny_text_model
+from tests.helpers.latent_pipelines import T, tiny_autoencoder, tiny_conditional_unet, tiny_text_model
 
 CLIP_IMAGE_SIZE = 16
 

@@ -128,7 +128,7 @@ def test_latent_dps_is_timed_through_the_decoder_and_compared_with_decode_after_
     from diffusers import DDPMScheduler
 
     from priors import DiffusersLatentPrior, DiffusersPixelPrior
-    from tests.test_latent_priors import tiny_autoencoder, tiny_latent_unet
+    from tests.helpers.latent_pipelines import tiny_autoencoder, tiny_latent_unet
 
     scheduler = DDPMScheduler(num_train_timesteps=100)
     denoiser = DiffusersPixelPrior(tiny_latent_unet(4), scheduler.alphas_cumprod, data_range=None)

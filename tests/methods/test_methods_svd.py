@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
@@ -13,7 +12,7 @@ from invsolve.samplers.pigdm import pigdm_direction
 from invsolve.samplers.updates import spectral_measurement
 from operators import GaussianBlur, Inpainting, MatrixOperator, MotionBlur, SuperResolution
 from priors import GaussianPrior
-from posterior_problems import make_gmm_problem, sliced_wasserstein
+from tests.helpers.posterior_problems import make_gmm_problem, sliced_wasserstein
 
 F64 = torch.float64
 SVD_METHODS = ("ddrm", "ddnm", "pigdm", "mcg")
@@ -193,8 +192,8 @@ def test_ddrm_without_svd_names_what_is_missing_and_what_works():
 
 
 @pytest.mark.parametrize("method", SVD_METHODS)
-def test_same_seed_same_samples_other_seed_other_samples(method):
-    prior, op, y, sigma_y, _ = make_gmm_problem(8, 4, 0)
+def test_same_seed_same_samples_other_seed_other_samples(gmm_problem, method):
+    prior, op, y, sigma_y, _ = gmm_problem
     run = lambda seed: solve(y, op, prior, method=method, steps=5, num_samples=4, noise_sigma=sigma_y,  # noqa: E731
                              seed=seed, progress=False).samples
     first = run(0)
@@ -203,8 +202,8 @@ def test_same_seed_same_samples_other_seed_other_samples(method):
 
 
 @pytest.mark.parametrize("method", SVD_METHODS)
-def test_reports_each_step_and_true_nfe(method):
-    prior, op, y, sigma_y, _ = make_gmm_problem(8, 4, 0)
+def test_reports_each_step_and_true_nfe(gmm_problem, method):
+    prior, op, y, sigma_y, _ = gmm_problem
     seen = []
     result = solve(y, op, prior, method=method, steps=7, num_samples=3, noise_sigma=sigma_y, seed=0,
                    progress=False, callback=lambda state: seen.append(state["step"]))

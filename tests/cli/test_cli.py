@@ -18,15 +18,9 @@ import operators
 from invsolve import methods
 from invsolve.cli import main
 from invsolve.io import STRIP_GAP, load_image, to_uint8
-from tiny_priors import save_tiny_pixel_prior
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SIZE = 16
-
-
-@pytest.fixture(scope="module")
-def prior_dir(tmp_path_factory):
-    return save_tiny_pixel_prior(tmp_path_factory.mktemp("prior"), sample_size=SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +33,11 @@ def clean_png(tmp_path_factory):
     return path
 
 
-def restore_args(inputs, prior_dir, output, *extra):
+def restore_args(inputs, tiny_prior_dir, output, *extra):
     return [
         "restore", *[str(i) for i in inputs],
         "--operator", "gaussian_blur", "--operator-arg", "kernel_size=5",
-        "--noise-sigma", "0.05", "--prior", str(prior_dir), "--method", "dps",
+        "--noise-sigma", "0.05", "--prior", str(tiny_prior_dir), "--method", "dps",
         "--steps", "3", "--device", "cpu", "--output", str(output), *extra,
     ]
 
@@ -53,12 +47,12 @@ def png(path):
 
 
 @pytest.fixture(scope="module")
-def first_run(prior_dir, clean_png, tmp_path_factory):
+def first_run(tiny_prior_dir, clean_png, tmp_path_factory):
     """One in-process ``invsolve restore`` (gaussian_blur, dps, 3 steps, seed 0): output path and stdout."""
     out = tmp_path_factory.mktemp("run") / "results" / "restored.png"
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        status = main(restore_args([clean_png], prior_dir, out, "--seed", "0", "--quiet"))
+        status = main(restore_args([clean_png], tiny_prior_dir, out, "--seed", "0", "--quiet"))
     assert status == 0
     return out, stdout.getvalue()
 
@@ -78,29 +72,29 @@ def test_restore_end_to_end(first_run, clean_png):
     assert np.abs(png(measurement).astype(int) - png(clean_png).astype(int)).mean() > 2  # blurred and noisy
 
 
-def test_same_seed_same_restoration(first_run, prior_dir, clean_png, tmp_path):
+def test_same_seed_same_restoration(first_run, tiny_prior_dir, clean_png, tmp_path):
     again = tmp_path / "again.png"
-    assert main(restore_args([clean_png], prior_dir, again, "--seed", "0", "--quiet")) == 0
+    assert main(restore_args([clean_png], tiny_prior_dir, again, "--seed", "0", "--quiet")) == 0
     assert np.array_equal(png(again), png(first_run[0]))
 
 
-def test_restore_from_a_measurement_file(first_run, prior_dir, tmp_path, capsys):
+def test_restore_from_a_measurement_file(first_run, tiny_prior_dir, tmp_path, capsys):
     measured = first_run[0].with_name("restored.measurement.png")
     out = tmp_path / "from_file.png"
-    assert main(restore_args([], prior_dir, out, "--measurement", str(measured), "--quiet")) == 0
+    assert main(restore_args([], tiny_prior_dir, out, "--measurement", str(measured), "--quiet")) == 0
     summary = capsys.readouterr().out.splitlines()[-1]
     assert png(out).shape == (SIZE, SIZE, 3)
     assert "PSNR" not in summary  # no clean reference was given
     assert not (tmp_path / "from_file.measurement.png").exists()
 
 
-def test_super_resolution_restores_from_the_small_image(prior_dir, tmp_path):
+def test_super_resolution_restores_from_the_small_image(tiny_prior_dir, tmp_path):
     small = tmp_path / "small.png"
     Image.fromarray(np.full((SIZE // 2, SIZE // 2, 3), 100, dtype=np.uint8)).save(small)
     out = tmp_path / "large.png"
     args = [
         "restore", "--measurement", str(small), "--operator", "super_resolution", "--operator-arg", "factor=2",
-        "--prior", str(prior_dir), "--steps", "2", "--device", "cpu", "--output", str(out), "--quiet",
+        "--prior", str(tiny_prior_dir), "--steps", "2", "--device", "cpu", "--output", str(out), "--quiet",
     ]
     assert main(args) == 0
     assert png(out).shape == (SIZE, SIZE, 3)
@@ -115,9 +109,9 @@ def test_restore_defaults_to_the_bundled_prior(clean_png, tmp_path, capsys):
     assert Image.open(out).size == Image.open(clean_png).size
 
 
-def test_python_dash_m_entry_point_with_samples_and_strip(prior_dir, clean_png, tmp_path):
+def test_python_dash_m_entry_point_with_samples_and_strip(tiny_prior_dir, clean_png, tmp_path):
     out = tmp_path / "sub" / "restored.png"
-    args = restore_args([clean_png], prior_dir, out, "--num-samples", "2", "--compare")
+    args = restore_args([clean_png], tiny_prior_dir, out, "--num-samples", "2", "--compare")
     done = subprocess.run(
         [sys.executable, "-m", "invsolve", *args], capture_output=True, text=True, cwd=tmp_path, timeout=120
     )
@@ -193,11 +187,11 @@ def bad_files(tmp_path, clean_png):
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_inputs_give_one_line_and_a_nonzero_status(case, prior_dir, clean_png, tmp_path, capsys, bad_files):
+def test_bad_inputs_give_one_line_and_a_nonzero_status(case, tiny_prior_dir, clean_png, tmp_path, capsys, bad_files):
     inputs, extra, message = BAD_INPUTS[case]
     extra = [bad_files.get(e, e) for e in extra]
     inputs = [bad_files.get(str(i), i) for i in inputs]
-    args = restore_args(inputs or [clean_png], prior_dir, tmp_path / "out.png", "--quiet", *extra)
+    args = restore_args(inputs or [clean_png], tiny_prior_dir, tmp_path / "out.png", "--quiet", *extra)
     if "--operator" in extra:  # another operator: drop the default one's argument
         args.remove("kernel_size=5")
         args.pop(args.index("--operator-arg"))
@@ -210,24 +204,24 @@ def test_bad_inputs_give_one_line_and_a_nonzero_status(case, prior_dir, clean_pn
     assert not list(tmp_path.glob("out.*.png"))
 
 
-def test_matrix_operator_with_a_number_gives_one_line(prior_dir, clean_png, tmp_path, capsys):
-    args = ["restore", str(clean_png), "--operator", "matrix", "--operator-arg", "A=3", "--prior", str(prior_dir),
+def test_matrix_operator_with_a_number_gives_one_line(tiny_prior_dir, clean_png, tmp_path, capsys):
+    args = ["restore", str(clean_png), "--operator", "matrix", "--operator-arg", "A=3", "--prior", str(tiny_prior_dir),
             "--output", str(tmp_path / "out.png"), "--quiet"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "2-D matrix" in err, err
 
 
-def test_on_nan_warn_writes_the_last_finite_state(prior_dir, clean_png, tmp_path, capsys):
+def test_on_nan_warn_writes_the_last_finite_state(tiny_prior_dir, clean_png, tmp_path, capsys):
     out = tmp_path / "out.png"
-    args = restore_args([clean_png], prior_dir, out, "--quiet", "--method-arg", "step_size=1e30", "--on-nan", "warn")
+    args = restore_args([clean_png], tiny_prior_dir, out, "--quiet", "--method-arg", "step_size=1e30", "--on-nan", "warn")
     with pytest.warns(RuntimeWarning, match="diverged"):
         assert main(args) == 0
     assert "note: dps diverged (--on-nan warn)" in capsys.readouterr().out
     assert png(out).shape == (SIZE, SIZE, 3)
 
 
-def test_restore_prints_the_psnr_of_the_clamped_image_it_writes(prior_dir, clean_png, tmp_path, capsys, monkeypatch):
+def test_restore_prints_the_psnr_of_the_clamped_image_it_writes(tiny_prior_dir, clean_png, tmp_path, capsys, monkeypatch):
     """A restoration far outside [-1, 1] is clamped before it is written and scored, as evaluate scores it."""
     from invsolve.commands import restore as restore_command
     from invsolve.metrics import psnr
@@ -239,16 +233,16 @@ def test_restore_prints_the_psnr_of_the_clamped_image_it_writes(prior_dir, clean
         return Result(samples=samples, nfe=0, operator_calls=0, seconds=0.0, method="dps", options={"steps": 1})
 
     monkeypatch.setattr(restore_command, "solve", overshooting_solve)
-    assert main(restore_args([clean_png], prior_dir, tmp_path / "out.png", "--quiet")) == 0
+    assert main(restore_args([clean_png], tiny_prior_dir, tmp_path / "out.png", "--quiet")) == 0
     printed = float(re.search(r"PSNR (-?[0-9.]+) dB", capsys.readouterr().out).group(1))
     written = load_image(tmp_path / "out.png")
     assert torch.equal(written, torch.cat([-torch.ones(1, 3, SIZE // 2, SIZE), torch.ones(1, 3, SIZE // 2, SIZE)], 2))
     assert printed == pytest.approx(psnr(written, load_image(clean_png)).item(), abs=0.006)  # printed to 0.01 dB
 
 
-def test_std_map_is_the_spread_of_the_samples(prior_dir, clean_png, tmp_path, capsys):
+def test_std_map_is_the_spread_of_the_samples(tiny_prior_dir, clean_png, tmp_path, capsys):
     out = tmp_path / "out.png"
-    assert main(restore_args([clean_png], prior_dir, out, "--quiet", "--num-samples", "3", "--std")) == 0
+    assert main(restore_args([clean_png], tiny_prior_dir, out, "--quiet", "--num-samples", "3", "--std")) == 0
     printed = capsys.readouterr().out.strip()
     assert len(printed.splitlines()) == 1, printed
     scale = float(re.search(r"out\.std\.png \(std of the 3 samples; white = ([0-9.e-]+) on the \[-1, 1\] scale\)", printed).group(1))
@@ -261,7 +255,7 @@ def test_std_map_is_the_spread_of_the_samples(prior_dir, clean_png, tmp_path, ca
     assert expected.max() == pytest.approx(scale, abs=2 / 127.5)
 
 
-def test_output_checks_come_before_any_work(prior_dir, clean_png, tmp_path, capsys, monkeypatch):
+def test_output_checks_come_before_any_work(tiny_prior_dir, clean_png, tmp_path, capsys, monkeypatch):
     """A read-only folder is refused before the prior is loaded (os.access decides; root may write anywhere)."""
     import invsolve.io
     import priors
@@ -271,12 +265,12 @@ def test_output_checks_come_before_any_work(prior_dir, clean_png, tmp_path, caps
     locked.mkdir()
     real_access = os.access
     monkeypatch.setattr(invsolve.io.os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))
-    assert main(restore_args([clean_png], prior_dir, locked / "sub" / "out.png", "--quiet")) == 2
+    assert main(restore_args([clean_png], tiny_prior_dir, locked / "sub" / "out.png", "--quiet")) == 2
     assert "is not writable" in capsys.readouterr().err
 
 
-def test_debug_shows_the_traceback(prior_dir, tmp_path, capsys):
-    status = main(["--debug", *restore_args(["nowhere.png"], prior_dir, tmp_path / "out.png")])
+def test_debug_shows_the_traceback(tiny_prior_dir, tmp_path, capsys):
+    status = main(["--debug", *restore_args(["nowhere.png"], tiny_prior_dir, tmp_path / "out.png")])
     err = capsys.readouterr().err
     assert status == 2
     assert "Traceback" in err and "FileNotFoundError" in err

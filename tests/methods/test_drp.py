@@ -13,17 +13,7 @@ from invsolve.samplers import Problem
 from invsolve.samplers.drp import DRP
 from operators import MatrixOperator
 from priors import GaussianPrior, RestorerPrior
-
-
-class LinearRestorer(nn.Module):
-    """``R(v) = K v`` for vectors, with ``K`` a fixed matrix."""
-
-    def __init__(self, K: torch.Tensor):
-        super().__init__()
-        self.register_buffer("K", K)
-
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
-        return v @ self.K.T
+from tests.helpers.restorers import LinearRestorer
 
 
 def gaussian_toy(seed: int):

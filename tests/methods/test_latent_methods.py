@@ -2,10 +2,7 @@
 (grids, defaults, update rules transcribed in VP form), a closed-form posterior, and end to end on a
 tiny latent diffusion pipeline saved and loaded here.
 
-The exact check: a linear orthonormal "autoencoder" (``encode = Q^T x``, ``decode = Q z``)
-around a Gaussian-mixture latent prior, and a pixel operator ``A`` with orthonormal rows
-(``A A^T = I``, where PSLD's gluing is exact).  Then ``y = A Q z + n`` and the posterior on
-``z`` is the mixture ``prior.posterior(A Q, y, sigma_y)``.
+The exact check is the linear latent problem of :mod:`tests.helpers.linear_latent`.
 """
 
 from __future__ import annotations
@@ -17,63 +14,15 @@ import pytest
 import torch
 
 from invsolve import solve
-from invsolve.benchmarks.gmm_problem import grid_means
 from invsolve.samplers import Problem
 from invsolve.samplers.latent import latent_problem, ldm_ddim_levels, ldm_ddim_timesteps, minimize_rows, row_mse
 from invsolve.samplers.latent_dps import LatentDPS
 from invsolve.samplers.psld import PSLD, psld_step
 from invsolve.samplers.resample import ReSample, resampling_fusion
 from operators import FunctionOperator, Inpainting, MatrixOperator
-from priors import GaussianMixturePrior, LatentPrior, load_prior
-from priors.adm import linear_alphas_cumprod
-from tests.posterior_problems import sliced_wasserstein
-from tests.test_latent_priors import save_latent_pipelines
-
-F64 = torch.float64
-
-
-class LinearLatentPrior(LatentPrior):
-    """A latent prior whose autoencoder is ``x = Q z`` with orthonormal columns ``Q``."""
-
-    def __init__(self, latent: GaussianMixturePrior, Q: torch.Tensor):
-        self.latent, self.Q = latent, Q
-        self.sigma_min, self.sigma_max = latent.sigma_min, latent.sigma_max
-        self.data_shape = latent.data_shape
-        if latent.alphas_cumprod is not None:
-            self.sigmas = latent.sigmas
-
-    def denoise(self, z, sigma):
-        return self.latent.denoise(z, sigma)
-
-    def encode(self, x):
-        return x @ self.Q.to(x)
-
-    def decode(self, z):
-        return z @ self.Q.to(z).T
-
-    def latent_shape(self, pixel_shape):
-        return (pixel_shape[0], self.Q.shape[1])
-
-
-def make_linear_problem(table: bool = False):
-    """Latent dimension 8, pixels 12, 4 measurements, sigma_y = 0.05 (float64); ``table`` makes the
-    latent mixture a DDPM model on the linear 1000-step table."""
-    d, pixels, m, noise = 8, 12, 4, 0.05
-    g = torch.Generator().manual_seed(0)
-    abar = linear_alphas_cumprod() if table else None
-    latent = GaussianMixturePrior(torch.randn(25, generator=g, dtype=F64) ** 2, grid_means(d), 1.0,
-                                  alphas_cumprod=abar)
-    basis, _ = torch.linalg.qr(torch.randn(pixels, pixels, generator=g, dtype=F64))
-    Q, Q_perp = basis[:, :d], basis[:, d:]
-    U, _, Vh = torch.linalg.svd(torch.randn(m, d, generator=g, dtype=F64))
-    s = 0.2 + 0.8 * torch.rand(m, generator=g, dtype=F64).sort(descending=True).values
-    effective = U @ torch.diag(s) @ Vh[:m]
-    A = effective @ Q.T + U @ torch.diag((1 - s**2).sqrt()) @ Q_perp[:, :m].T
-    torch.testing.assert_close(A @ A.T, torch.eye(m, dtype=F64))
-    torch.testing.assert_close(A @ Q, effective)
-    z_star = latent.sample(1, g)
-    y = z_star @ effective.T + noise * torch.randn(1, m, generator=g, dtype=F64)
-    return LinearLatentPrior(latent, Q), MatrixOperator(A), y, noise, latent.posterior(effective, y, noise)
+from priors import GaussianMixturePrior, load_prior
+from tests.helpers.linear_latent import F64, LinearLatentPrior, make_linear_problem
+from tests.helpers.posterior_problems import sliced_wasserstein
 
 
 @pytest.fixture(scope="module")
@@ -323,13 +272,6 @@ def test_psld_step_is_the_official_one() -> None:
     torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-10)
 
 
-@pytest.fixture(scope="module")
-def tiny_ldm(tmp_path_factory):
-    root = tmp_path_factory.mktemp("latent-methods")
-    save_latent_pipelines(root)
-    return root
-
-
 #: ReSample on 10 steps: consistency at index 6, 4 (pixel stage: index >= 10 // 3) and 2 (latent stage).
 RESAMPLE_SMALL = {"interval": 2, "lookahead_steps": 2, "pixel_max_iters": 20, "latent_max_iters": 10,
                   "latent_patience": 5}
@@ -342,9 +284,9 @@ END_TO_END = [
 
 @pytest.mark.parametrize("layout", ["ldm-vq", "sd"])
 @pytest.mark.parametrize("method, steps, options, nfe, decodes, encodes", END_TO_END, ids=[c[0] for c in END_TO_END])
-def test_latent_methods_run_end_to_end_on_a_saved_pipeline(tiny_ldm, layout, method, steps, options, nfe,
+def test_latent_methods_run_end_to_end_on_a_saved_pipeline(latent_pipelines, layout, method, steps, options, nfe,
                                                            decodes, encodes) -> None:
-    prior = load_prior(tiny_ldm / layout)
+    prior = load_prior(latent_pipelines[0] / layout)
     op = Inpainting("box", size=8, shape=(16, 16))
     x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
     y = op.measure(x, 0.05, torch.Generator().manual_seed(1))

@@ -18,7 +18,7 @@ from invsolve.cli import main
 from invsolve.evaluation import EvaluationSettings
 from invsolve.evaluation.dataset import image_seed, list_images
 from operators import GaussianBlur, Inpainting, MotionBlur, SuperResolution
-from tiny_priors import save_tiny_pixel_prior
+from tests.helpers.tiny_priors import save_tiny_pixel_prior
 
 ALL = ("sr4", "box128", "box128_daps", "random70", "gauss61", "motion61")
 

@@ -12,17 +12,11 @@ from PIL import Image
 import priors
 from invsolve.cli import main
 from priors.bundled import assets_root
-from tiny_priors import save_tiny_pixel_prior
 
 DEMO = assets_root() / "images" / "chelsea-128.png"
 
 
 # --- the command-line flags --------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_prior_dir(tmp_path_factory):
-    return save_tiny_pixel_prior(tmp_path_factory.mktemp("prior"), sample_size=16)
 
 
 @pytest.fixture

@@ -21,11 +21,11 @@ import torch
 
 from invsolve import solve
 from invsolve.samplers import Problem, registered
-from official_rules import mixture_eps_model, official_ddnm_plus, official_pigdm
 from operators import GaussianBlur, Inpainting, MatrixOperator, MotionBlur, PhaseRetrieval, SuperResolution
-from posterior_problems import make_gmm_problem, sliced_wasserstein
 from priors import GaussianMixturePrior
 from priors.adm import linear_alphas_cumprod
+from tests.helpers.official_rules import mixture_eps_model, official_ddnm_plus, official_pigdm
+from tests.helpers.posterior_problems import make_gmm_problem, sliced_wasserstein
 
 F64 = torch.float64
 

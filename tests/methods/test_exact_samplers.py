@@ -21,7 +21,7 @@ from invsolve.samplers.pnpdm import PnPDM
 from invsolve.samplers.smc import ParticleWeights, resample_indices, system_layout
 from operators import FunctionOperator, MatrixOperator
 from priors import GaussianMixturePrior, GaussianPrior
-from posterior_problems import sliced_wasserstein
+from tests.helpers.posterior_problems import sliced_wasserstein
 
 F64 = torch.float64
 

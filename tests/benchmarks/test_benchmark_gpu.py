@@ -11,7 +11,7 @@ import torch
 from priors.adm import CONFIGS
 from priors.adm_unet import ADMUNet
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "benchmark_gpu.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "benchmark_gpu.py"
 
 
 def load_script():

@@ -75,10 +75,10 @@ def test_langevin_rule_matches_a_transcription_of_the_official_sampler(seed):
     assert statistics.mean(sw(half, run) for run in runs) > 1.8 * floor
 
 
-def test_levels_and_ode_grid_are_the_official_ones():
+def test_levels_and_ode_grid_are_the_official_ones(gmm_problem):
     # configs/sampler/edm_daps.yaml: annealing edm poly-7, 100 -> 0.1; cores/scheduler.py counts the
     # start as a step (num_steps + 1 points) and sampler.py visits the first num_steps of them.
-    prior, op, y, sigma_y, _ = make_gmm_problem(8, 4, 0)
+    prior, op, y, sigma_y, _ = gmm_problem
     table_prior = GaussianMixturePrior(prior.weights, prior.means, 1.0, alphas_cumprod=linear_alphas_cumprod())
     seen = []
     result = solve(y, op, table_prior, method="daps", steps=7, noise_sigma=sigma_y, seed=0, progress=False,
@@ -100,11 +100,11 @@ def test_levels_and_ode_grid_are_the_official_ones():
     ("gaussian_blur", 1e-4), ("motion_blur", 5e-5), ("super_resolution", 1e-4), ("box_inpainting", 5e-5),
     ("random_inpainting", 1e-4), ("phase_retrieval", 5e-5), ("hdr", 2e-5), ("nonlinear_blur", 1e-5),
 ])
-def test_defaults_are_the_official_pixel_configs(task, lr):
+def test_defaults_are_the_official_pixel_configs(gmm_problem, task, lr):
     # configs/task/{gaussian_blur,motion_blur,down_sampling,inpainting,inpainting_rand,phase_retrieval,
     # hdr,nonlinear_blur}.yaml, section "pixel": mcmc_sampler_config lr, tau 0.01, lr_min_ratio 0.01,
     # num_steps 100 (200 for nonlinear_blur); configs/sampler/edm_daps.yaml: 200 levels, 5 ODE steps.
-    prior, op, y, sigma_y, _ = make_gmm_problem(8, 4, 0)
+    prior, op, y, sigma_y, _ = gmm_problem
     operator = type("Op", (MatrixOperator,), {"task": task})(op.A)
     options = solve(y, operator, prior, method="daps", steps=1, noise_sigma=sigma_y, seed=0, progress=False,
                     ode_steps=1).options
@@ -152,8 +152,8 @@ def test_a_chain_that_does_not_move_misses_the_posterior():
     assert sw > 0.5 * sliced_wasserstein(prior.sample(n, generator=g), exact, 500, torch.Generator().manual_seed(1))
 
 
-def test_same_seed_same_samples_and_rows_are_independent():
-    prior, op, y, sigma_y, _ = make_gmm_problem(8, 4, 0)
+def test_same_seed_same_samples_and_rows_are_independent(gmm_problem):
+    prior, op, y, sigma_y, _ = gmm_problem
     run = lambda meas, seed: solve(meas, op, prior, method="daps", steps=5, num_samples=2,  # noqa: E731
                                    noise_sigma=sigma_y, seed=seed, progress=False, langevin_steps=5).samples
     torch.testing.assert_close(run(y, 1), run(y, 1), rtol=0, atol=0)
@@ -163,7 +163,7 @@ def test_same_seed_same_samples_and_rows_are_independent():
 
 
 @pytest.mark.parametrize("options", [{"tau": 0.0}, {"lr": 0.0}, {"sigma_min": 200.0}, {"ode_steps": 0}])
-def test_bad_options_are_refused(options):
-    prior, op, y, sigma_y, _ = make_gmm_problem(8, 4, 0)
+def test_bad_options_are_refused(gmm_problem, options):
+    prior, op, y, sigma_y, _ = gmm_problem
     with pytest.raises(ValueError):
         solve(y, op, prior, method="daps", steps=2, noise_sigma=sigma_y, progress=False, **options)

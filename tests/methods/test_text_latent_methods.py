@@ -1,6 +1,6 @@
 """TReg and P2L against closed forms on an analytic text-conditioned latent prior.
 
-The prior (:mod:`tests.text_mixture`) is a Gaussian mixture in a 2-d latent space whose
+The prior (:mod:`tests.helpers.text_mixture`) is a Gaussian mixture in a 2-d latent space whose
 component weights are ``softmax(c)`` of the text embedding ``c``, behind a linear orthonormal
 "autoencoder"; posteriors are exact mixtures.  References: TReg-inverse/TReg,
 ``solver/latent_diffusion.py`` (``TRegSolver.data_consistency`` / ``sample``, ``P2LSolver``).
@@ -16,9 +16,9 @@ from invsolve.commands.list import method_lines
 from invsolve.samplers import Problem
 from invsolve.samplers.text_guidance import consistent_image, leading_timesteps, sd_ddim_levels
 from operators import MatrixOperator
-from tests.posterior_problems import sliced_wasserstein
-from tests.test_latent_methods import LinearLatentPrior
-from tests.text_mixture import F64, four_corner_prior
+from tests.helpers.linear_latent import LinearLatentPrior
+from tests.helpers.posterior_problems import sliced_wasserstein
+from tests.helpers.text_mixture import F64, four_corner_prior
 
 SAMPLES = 400
 

@@ -2,7 +2,7 @@
 overlaps DATA_DIR or holds someone else's files, checks OUT before any work, records diverged runs in
 errors.csv (never as done), holds a lock against a second run, and resumes after SIGINT or SIGKILL.
 
-Runs use an analytic Gaussian prior (``tests/gaussian_evaluate.py``) so that subprocesses start fast."""
+Runs use an analytic Gaussian prior (``tests/helpers/gaussian_evaluate.py``) so that subprocesses start fast."""
 
 import csv
 import json
@@ -15,17 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import invsolve.io
 import priors
-from gaussian_evaluate import SIZE, SlowGaussianPrior, load_gaussian_prior, save_random_images
 from invsolve.cli import main
 from invsolve.evaluation import EvaluationSettings
 from invsolve.io import load_image
+from tests.helpers.gaussian_evaluate import SIZE, SlowGaussianPrior, load_gaussian_prior, save_random_images
 
-HELPER = Path(__file__).with_name("gaussian_evaluate.py")
+HELPER = Path(__file__).resolve().parents[1] / "helpers" / "gaussian_evaluate.py"
 IMAGES = 4
 METHODS = ("no-learning", "dps", "ddnm")
 #: Agreement of scores between processes (thread counts may differ): PSNR in dB, SSIM absolute.

@@ -8,12 +8,12 @@ import torch
 
 import invsolve.samplers.enkg as enkg_module
 from invsolve import solve
-from operators import BlackBox, HighDynamicRange
-from posterior_problems import make_gmm_problem, sliced_wasserstein
 from invsolve.samplers.enkg import EnKG
 from invsolve.schedules import karras_sigmas
+from operators import BlackBox, HighDynamicRange
 from priors import GaussianMixturePrior, GaussianPrior
 from priors.adm import linear_alphas_cumprod
+from tests.helpers.posterior_problems import make_gmm_problem, sliced_wasserstein
 
 F64 = torch.float64
 
@@ -104,8 +104,8 @@ def paper_cost(steps: int, updates: int, divisor: int = 4, cap: int = 20, skip: 
     return steps + updates * sum(min(1 + (steps - i) // divisor, cap) for i in guided), updates * len(guided)
 
 
-def test_nfe_and_operator_calls_are_counted_per_returned_sample():
-    prior, operator, y, noise_sigma, _ = make_gmm_problem(8, 4, 0)
+def test_nfe_and_operator_calls_are_counted_per_returned_sample(gmm_problem):
+    prior, operator, y, noise_sigma, _ = gmm_problem
     op = numpy_blackbox(operator.A)
 
     def run(num_samples, **options):
@@ -156,11 +156,11 @@ def test_enkg_inverts_a_saturating_sensor_on_images():
     assert (samples[:, saturated] * y[saturated].sign()).min() > 0.45
 
 
-def test_levels_are_the_official_edm_grid_down_to_0002_on_a_table_prior():
+def test_levels_are_the_official_edm_grid_down_to_0002_on_a_table_prior(gmm_problem):
     # devzhk/enkg-pytorch algo/enkg.py: t_steps = (sigma_max^(1/rho) + i / (N - 1) (sigma_min^(1/rho)
     # - sigma_max^(1/rho)))^rho, then 0; sigma_min 0.002 even below a DDPM table's floor (0.01), where
     # the VP prior clamps the timestep and keeps the requested sigma.
-    prior, operator, y, noise_sigma, _ = make_gmm_problem(8, 4, 0)
+    prior, operator, y, noise_sigma, _ = gmm_problem
     table_prior = GaussianMixturePrior(prior.weights, prior.means, 1.0, alphas_cumprod=linear_alphas_cumprod())
     assert table_prior.sigma_min > 0.01
     seen = []
@@ -185,9 +185,9 @@ def test_defaults_are_the_official_image_runs():
     assert decaying.guidance_scale(10, 80) == pytest.approx(2.0 * (1 - 1e-3) * 70 / 80 + 1e-3, rel=1e-12)
 
 
-def test_x0_predictions_end_at_sigma_min():
+def test_x0_predictions_end_at_sigma_min(gmm_problem):
     # algo/enkg.py ode_sampler: EDM grid from sigma_start to sigma_eps = 0.002, then 0.
-    prior, operator, _, _, _ = make_gmm_problem(8, 4, 0)
+    prior, operator, _, _, _ = gmm_problem
     calls = []
 
     class Recorder:
@@ -200,8 +200,8 @@ def test_x0_predictions_end_at_sigma_min():
     assert calls[-1] == pytest.approx(0.002)
 
 
-def test_bad_options_are_rejected_with_clear_errors():
-    prior, operator, y, _, _ = make_gmm_problem(8, 4, 0)
+def test_bad_options_are_rejected_with_clear_errors(gmm_problem):
+    prior, operator, y, _, _ = gmm_problem
     op = numpy_blackbox(operator.A)
     for options, message in [({"ensemble_size": 1}, "ensemble_size"), ({"eta": 0.0}, "eta"),
                              ({"batch_size": 0}, "batch_size"), ({"skip_fraction": 0.5}, "skip_fraction"),

@@ -1,7 +1,7 @@
 """``invsolve evaluate`` on an analytic Gaussian image prior, in this process or as a script.
 
 The prior needs no download and no diffusers import, so a subprocess running
-``python tests/gaussian_evaluate.py evaluate ...`` starts in a few seconds; the
+``python tests/helpers/gaussian_evaluate.py evaluate ...`` starts in a few seconds; the
 kill and lock tests use that.  ``GAUSSIAN_PRIOR_DELAY`` (seconds per denoiser
 call) stretches a run so that it can be interrupted half-way.
 """
