@@ -13,7 +13,7 @@ import pytest
 from invsolve import solve
 from invsolve.benchmarks import make_gmm_problem
 from operators import MatrixOperator
-from tiny_priors import save_tiny_pixel_prior
+from tests.helpers.tiny_priors import save_tiny_pixel_prior
 
 
 def family(kind: str, task: str | None = None):
