@@ -151,7 +151,8 @@ def test_a_batch_of_a_shared_generator_method_is_reproducible(method):
 @pytest.mark.parametrize("method", METHODS)
 def test_result_options_repeat_the_run(method):
     """With a row of the method's per-task defaults where it has one, so ``task`` travels too."""
-    task = min(registered()[method].task_defaults, default=None)
+    prior = PROBLEMS[CASES[method].problem]()[0]
+    task = min(registered()[method].defaults_table(prior), default=None)
     result, (y, op, prior) = run(method, slice(0, 1), seed=3, task=task)
     assert result.options["task"] == task
     again = solve(y, op, prior, method=result.method, progress=False, **result.options)
