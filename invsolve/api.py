@@ -6,7 +6,8 @@ import dataclasses
 import os
 import time
 import warnings
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -241,7 +242,7 @@ def solve(
     except DivergenceError as err:
         if on_nan == "raise":
             raise
-        warnings.warn(f"{err}; returning the last finite state (Result.diverged = True)", RuntimeWarning)
+        warnings.warn(f"{err}; returning the last finite state (Result.diverged = True)", RuntimeWarning, stacklevel=2)
         x, diverged = _last_state(err, problem, counted), True
     seconds = time.perf_counter() - start
     rows = y.shape[0]

@@ -13,7 +13,7 @@ import contextlib
 import sys
 import traceback
 import warnings
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from invsolve.commands import command_modules
 

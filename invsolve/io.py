@@ -8,8 +8,8 @@ back to ``round((x + 1) * 127.5)``, so a uint8 image survives a round trip exact
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

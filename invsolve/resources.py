@@ -16,7 +16,8 @@ from __future__ import annotations
 import math
 import os
 import weakref
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -50,7 +51,7 @@ def available_memory(device: torch.device | str | None = None) -> int | None:
 
 #: Sides of the two square probes whose difference gives the network's bytes per pixel.
 PROBE_SIDES = (32, 64)
-_PROBED: "weakref.WeakKeyDictionary[Any, float]" = weakref.WeakKeyDictionary()
+_PROBED: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
 
 
 def _innermost(prior: Any) -> Any:

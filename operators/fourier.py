@@ -11,7 +11,7 @@ from torch import Tensor
 from operators.svd import SVD
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def fast_length(n: int) -> int:
     """The smallest integer ``>= n`` of the form ``2^a 3^b 5^c`` with ``a >= 2`` (fast FFT sizes).
 

@@ -8,8 +8,9 @@ read with ``torch.load(..., weights_only=True)`` (never full unpickling) or from
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-
 #: Marker files of a diffusers folder: a pipeline (``model_index.json``) or a bare UNet.
 _MARKERS = ("model_index.json", "config.json")
 

@@ -128,7 +128,7 @@ class CompiledPrior(PriorWrapper):
     ``Tiled(CompiledPrior(prior))``.  A latent prior gives a :class:`CompiledLatent`.
     """
 
-    def __new__(cls, prior: Any, *args: Any, **kwargs: Any) -> "CompiledPrior":
+    def __new__(cls, prior: Any, *args: Any, **kwargs: Any) -> CompiledPrior:
         if cls is CompiledPrior and is_latent_prior(prior):
             cls = CompiledLatent
         return super().__new__(cls)

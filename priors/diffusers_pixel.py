@@ -87,7 +87,7 @@ class DiffusersPixelPrior(VPDenoiser):
         )
 
     @classmethod
-    def from_scheduler(cls, unet: Any, scheduler: Any) -> "DiffusersPixelPrior":
+    def from_scheduler(cls, unet: Any, scheduler: Any) -> DiffusersPixelPrior:
         """Wrap ``unet`` with a diffusers scheduler's ``alphas_cumprod``, ``prediction_type`` and clamping.
 
         With ``clip_sample`` the data range is ``[-clip_sample_range, clip_sample_range]``

@@ -150,7 +150,7 @@ class GaussianMixturePrior(Prior):
             z = torch.einsum("nij,nj->ni", Q[k], z)
         return (mu[k] + z).reshape(n, *self.data_shape)
 
-    def posterior(self, A: Tensor, y: Tensor, noise_sigma: float) -> "GaussianMixturePrior":
+    def posterior(self, A: Tensor, y: Tensor, noise_sigma: float) -> GaussianMixturePrior:
         r"""Exact posterior ``p(x0 | y)`` for ``y = A x0 + noise_sigma * eps`` (vector data).
 
         Each component updates as a linear-Gaussian model (Bishop 2006, §2.3.3), written

@@ -11,7 +11,8 @@ beside it (``scheduler_config.json``) or in ``scheduler/``.  diffusers is import
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -22,10 +23,16 @@ from priors.diffusers_latent import AUTOENCODER_CLASSES, DiffusersLatentPrior, T
 from priors.diffusers_pixel import DiffusersPixelPrior
 from priors.locations import (
     DOWNLOAD_OPTIONS as _DOWNLOAD_OPTIONS,
+)
+from priors.locations import (
     EXPECTED as _EXPECTED,
+)
+from priors.locations import (
     RESOLVERS,
     ModelLocation,
     cache_only_when_offline,
+)
+from priors.locations import (
     first_line as _first_line,
 )
 from priors.network_priors import load_network_prior

@@ -198,7 +198,7 @@ class LPNPrior:
     @classmethod
     def from_folder(
         cls, folder: str | os.PathLike, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-    ) -> "LPNPrior":
+    ) -> LPNPrior:
         """Load a folder written by :meth:`save`."""
         config = read_config(folder)
         if config is None or config["invsolve_prior"] != "lpn":

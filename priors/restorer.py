@@ -123,7 +123,7 @@ class RestorerPrior:
     @classmethod
     def from_folder(
         cls, folder: str | os.PathLike, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-    ) -> "RestorerPrior":
+    ) -> RestorerPrior:
         """Load a folder written by :meth:`save`."""
         config = read_config(folder)
         if config is None or config["invsolve_prior"] != "restorer":

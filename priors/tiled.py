@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
 import torch.utils.checkpoint
 from einops import rearrange
+from torch import Tensor
 
 from priors.base import is_latent_prior, is_prior
 from priors.wrapper import LatentPriorWrapper, PriorWrapper
@@ -134,7 +134,7 @@ class Tiled(PriorWrapper):
 
     data_shape = None
 
-    def __new__(cls, prior: Any, *args: Any, **kwargs: Any) -> "Tiled":
+    def __new__(cls, prior: Any, *args: Any, **kwargs: Any) -> Tiled:
         if cls is Tiled and is_latent_prior(prior):
             cls = TiledLatent
         return super().__new__(cls)

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from photo_split import HELDOUT_CROPS, TUNING_CROPS, heldout_crops
 from torch import Tensor
 
 import operators
@@ -40,7 +41,6 @@ from invsolve import solve
 from invsolve.commands._arguments import parse_key_values, resolve_device
 from invsolve.io import save_image
 from invsolve.metrics import psnr, ssim
-from photo_split import HELDOUT_CROPS, TUNING_CROPS, heldout_crops
 from priors import load_prior
 from priors.clipped import ClippedPrior
 

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from photo_split import HELDOUT_CROPS, TUNING_CROPS, heldout_crops
+from quality_bar import NOISE_SIGMA, TASKS, as_image, baseline, grid, measure, row
 
 from invsolve import solve
 from invsolve.commands._arguments import parse_key_values
 from invsolve.io import save_image
-from photo_split import HELDOUT_CROPS, TUNING_CROPS, heldout_crops
 from priors import load_prior
-from quality_bar import NOISE_SIGMA, TASKS, as_image, baseline, grid, measure, row
 
 #: (label, prior role, method, fixed options) of each run on the deblur and SR tasks; the roles'
 #: priors are ``--restorer``, ``--lpn`` and ``--diffusion``.

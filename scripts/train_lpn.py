@@ -32,9 +32,9 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
+from train_prior import adapt_threads, multiscale_regions, sample_batch
 
 from priors.lpn import ConvexPotential, LPNPrior, potential_gradient
-from train_prior import adapt_threads, multiscale_regions, sample_batch
 
 CHECKPOINT_NAME = "train_state.pt"
 

@@ -32,9 +32,8 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-from tqdm.auto import tqdm
-
 from photo_split import training_regions
+from tqdm.auto import tqdm
 
 CHECKPOINT_NAME = "train_state.pt"
 

@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
+from train_prior import EMA, adapt_threads, multiscale_regions, sample_batch
 
 import operators
 from priors.restorer import ResidualUpsampler, RestorerPrior
-from train_prior import EMA, adapt_threads, multiscale_regions, sample_batch
 
 CHECKPOINT_NAME = "train_state.pt"
 

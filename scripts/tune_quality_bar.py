@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import time
 
+from photo_split import TUNING_CROPS, heldout_crops
+from quality_bar import NOISE_SIGMA, TASKS, baseline, measure, synchronize
+
 from invsolve import solve
 from invsolve.commands._arguments import resolve_device
 from invsolve.metrics import psnr
-from photo_split import TUNING_CROPS, heldout_crops
 from priors import load_prior
 from priors.clipped import ClippedPrior
-from quality_bar import NOISE_SIGMA, TASKS, baseline, measure, synchronize
 
 #: (method, steps, samples, options) per task.
 GRIDS: dict[str, list[tuple[str, int, int, dict]]] = {

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -54,7 +55,7 @@ class MatrixConfig:
     lpips: bool = True
 
     @classmethod
-    def quick(cls, methods: tuple[str, ...] | None = None) -> "MatrixConfig":
+    def quick(cls, methods: tuple[str, ...] | None = None) -> MatrixConfig:
         """Smoke run: 32 px, 4 steps, DDRM and DiffPIR unless other methods are named."""
         methods = methods or ("ddrm", "diffpir")
         return cls(methods=methods, size=32, steps={name: 4 for name in methods}, lpips=False)

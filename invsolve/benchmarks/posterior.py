@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -60,7 +61,7 @@ class BenchmarkConfig:
     sigma_max: float | None = None
 
     @classmethod
-    def quick(cls, methods: tuple[str, ...] | None = None) -> "BenchmarkConfig":
+    def quick(cls, methods: tuple[str, ...] | None = None) -> BenchmarkConfig:
         """d = 8, d_y = 4, one seed, 200 samples, few steps: a smoke test."""
         names = methods or tuple(sorted(registered()))
         return cls(dims=(8,), measurement_dims=(4,), seeds=(0,), methods=methods, samples=200,

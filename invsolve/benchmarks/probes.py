@@ -9,7 +9,8 @@ import re
 import sys
 import time
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -41,7 +42,7 @@ class RecordingPrior(PriorWrapper):
     Latent priors get :class:`RecordingLatent` (``decode`` and ``encode`` recorded too).
     """
 
-    def __new__(cls, prior: Any) -> "RecordingPrior":
+    def __new__(cls, prior: Any) -> RecordingPrior:
         if cls is RecordingPrior and is_latent_prior(prior):
             cls = RecordingLatent
         return super().__new__(cls)
@@ -80,7 +81,7 @@ class RecordingLatent(RecordingPrior):
 class _Timed:
     """Times every method call on ``target`` into ``clock`` (shared by nested proxies)."""
 
-    def __init__(self, target: Any, clock: "OperatorClock"):
+    def __init__(self, target: Any, clock: OperatorClock):
         object.__setattr__(self, "_target", target)
         object.__setattr__(self, "_clock", clock)
 

@@ -32,8 +32,9 @@ or caches.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -46,7 +47,12 @@ from invsolve.benchmarks.matrix import default_methods
 from invsolve.benchmarks.method_names import check_method_names
 from invsolve.benchmarks.prior_spec import PriorSpec
 from invsolve.benchmarks.probes import (
-    PeakMemory, RecordingPrior, TimedOperator, network_call, operator_call, time_calls,
+    PeakMemory,
+    RecordingPrior,
+    TimedOperator,
+    network_call,
+    operator_call,
+    time_calls,
 )
 from invsolve.benchmarks.tasks import benchmark_task
 from invsolve.samplers import registered
@@ -80,7 +86,7 @@ class SpeedConfig:
     memory: bool = True
 
     @classmethod
-    def quick(cls, methods: tuple[str, ...] | None = None, **changes: Any) -> "SpeedConfig":
+    def quick(cls, methods: tuple[str, ...] | None = None, **changes: Any) -> SpeedConfig:
         """Smoke run: 32 px, 3 steps, one timing call per block, DDRM and DPS unless named."""
         base = dict(methods=methods or ("ddrm", "dps"), sizes=(32,), steps=3, repeats=1)
         return cls(**{**base, **changes})

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 import re
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+
 from invsolve.benchmarks.images import benchmark_images
 from invsolve.benchmarks.matrix import MatrixConfig, run_matrix
 from invsolve.benchmarks.matrix_report import markdown_table, write_report

@@ -15,7 +15,6 @@ from torch import Tensor
 
 import operators
 import priors
-from operators.base import Operator
 from invsolve import io
 from invsolve.api import ON_NAN, solve
 from invsolve.commands._arguments import (
@@ -31,6 +30,7 @@ from invsolve.resources import check_working_set
 from invsolve.result import Result
 from invsolve.samplers import method_class
 from invsolve.validation import MAX_STEPS, check_method_options, infer_x_shape
+from operators.base import Operator
 from priors.compiled import accelerated
 
 #: The simulated measurement noise uses ``seed + MEASUREMENT_SEED_OFFSET`` so that it

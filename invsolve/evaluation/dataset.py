@@ -43,7 +43,7 @@ def image_seed(key: str, seed: int, purpose: str) -> int:
     by every method), ``"sampler"`` for the methods' own randomness and ``"operator"``
     for per-image random operators (the benchmark presets' masks).
     """
-    digest = hashlib.sha256(f"{purpose}:{seed}:{key}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{purpose}:{seed}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from invsolve.io import check_writable_folder
 from invsolve.evaluation.manifest import Manifest
+from invsolve.io import check_writable_folder
 
 #: Output names and method folder names: letters, digits, ``_`` and ``-`` only, so no path can leave OUT.
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")

@@ -28,7 +28,7 @@ class OutputLock:
         self.path = self.root / LOCK_NAME
         self._descriptor: int | None = None
 
-    def acquire(self) -> "OutputLock":
+    def acquire(self) -> OutputLock:
         descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             _lock(descriptor)
@@ -50,7 +50,7 @@ class OutputLock:
             os.close(self._descriptor)  # closing the descriptor drops the lock
             self._descriptor = None
 
-    def __enter__(self) -> "OutputLock":
+    def __enter__(self) -> OutputLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:

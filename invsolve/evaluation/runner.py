@@ -15,9 +15,10 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm

@@ -10,10 +10,10 @@ from typing import Any
 import torch
 
 import operators
-from invsolve.samplers import method_class
 from invsolve.evaluation.layout import OutputLayout
 from invsolve.io import temporary_path
 from invsolve.metrics import LPIPS_BACKBONES
+from invsolve.samplers import method_class
 from invsolve.validation import MAX_STEPS, check_count, check_noise_sigma
 
 METRICS = ("psnr", "ssim", "lpips")

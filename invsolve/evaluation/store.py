@@ -12,8 +12,9 @@ import csv
 import io
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from invsolve.io import temporary_path
 
@@ -91,7 +92,7 @@ class CsvLog:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> "CsvLog":
+    def __enter__(self) -> CsvLog:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, ClassVar, Iterable, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -13,7 +14,7 @@ from tqdm.auto import tqdm
 
 from invsolve.schedules import karras_sigmas, table_grid
 
-_METHODS: dict[str, type["Method"]] = {}
+_METHODS: dict[str, type[Method]] = {}
 
 
 class DivergenceError(FloatingPointError):
@@ -230,7 +231,7 @@ class Method:
         """The options of row ``key`` for noise ``noise_sigma`` (``{}`` for ``None``)."""
         return {} if key is None else cls.defaults_table(prior)[key].values(noise_sigma)
 
-    def resolved(self, problem: Problem) -> "Method":
+    def resolved(self, problem: Problem) -> Method:
         """A copy with defaults that depend on the problem filled in (default: ``self``)."""
         return self
 

@@ -97,7 +97,7 @@ class DAPS(Method):
     lr_min_ratio: float = 0.01
     tau: float = 0.01
 
-    def resolved(self, problem: Problem) -> "DAPS":
+    def resolved(self, problem: Problem) -> DAPS:
         if not 0 < self.sigma_min <= self.sigma_max:
             raise ValueError(f"need 0 < sigma_min <= sigma_max, got {self.sigma_min}, {self.sigma_max}")
         if self.ode_steps < 1 or self.langevin_steps < 0:

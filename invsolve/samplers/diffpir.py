@@ -131,7 +131,7 @@ class DiffPIR(Method):
     lam: float = 7.0
     zeta: float = 0.3
 
-    def resolved(self, problem: Problem) -> "DiffPIR":
+    def resolved(self, problem: Problem) -> DiffPIR:
         if self.lam <= 0:
             raise ValueError(f"lam must be > 0, got {self.lam}")
         if not 0 <= self.zeta <= 1:

@@ -142,7 +142,7 @@ class DPS(Method):
     eta: float = 1.0
     learned_variance: bool | None = None
 
-    def resolved(self, problem: Problem) -> "DPS":
+    def resolved(self, problem: Problem) -> DPS:
         return dataclasses.replace(self, learned_variance=resolve_learned_variance(self, problem))
 
     def run(self, problem: Problem) -> Tensor:

@@ -108,7 +108,7 @@ class DRP(Method):
     cg_iterations: int = 3
     refinement: Any = None
 
-    def resolved(self, problem: Problem) -> "DRP":
+    def resolved(self, problem: Problem) -> DRP:
         method = self
         if method.lam <= 0:
             raise ValueError(f"lam must be > 0, got {method.lam}")

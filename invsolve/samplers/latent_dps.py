@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from torch import Tensor
 
@@ -60,7 +61,7 @@ class LatentDPS(Method):
         text = getattr(prior, "text_conditioned", False)
         return LATENT_DPS_SD_TASK_DEFAULTS if text else LATENT_DPS_LDM_TASK_DEFAULTS
 
-    def resolved(self, problem: Problem) -> "LatentDPS":
+    def resolved(self, problem: Problem) -> LatentDPS:
         if not 0 <= self.eta <= 1:
             raise ValueError(f"eta must be in [0, 1], got {self.eta}")
         return self

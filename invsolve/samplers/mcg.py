@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -91,7 +91,7 @@ class MCG(Method):
     weighting: Callable[[Tensor], Tensor] | None = None
     learned_variance: bool | None = None
 
-    def resolved(self, problem: Problem) -> "MCG":
+    def resolved(self, problem: Problem) -> MCG:
         return dataclasses.replace(self, learned_variance=resolve_learned_variance(self, problem))
 
     def run(self, problem: Problem) -> Tensor:

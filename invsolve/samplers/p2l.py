@@ -80,7 +80,7 @@ class P2L(Method):
     cg_iterations: int = 5
     consistency: str = "cg"
 
-    def resolved(self, problem: Problem) -> "P2L":
+    def resolved(self, problem: Problem) -> P2L:
         text_prior(problem, self.name)
         if self.consistency not in CONSISTENCY_SOLVERS:
             raise ValueError(f"consistency must be one of {', '.join(CONSISTENCY_SOLVERS)}, got {self.consistency!r}")

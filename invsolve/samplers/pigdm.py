@@ -101,7 +101,7 @@ class PiGDM(Method):
     noisy_guidance: bool | None = None
     replace_observed: bool = False
 
-    def resolved(self, problem: Problem) -> "PiGDM":
+    def resolved(self, problem: Problem) -> PiGDM:
         if self.noisy_guidance is not None:
             return self
         noisy = problem.noise_sigma > 0

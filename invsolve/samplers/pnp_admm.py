@@ -81,7 +81,7 @@ class PnPADMM(Method):
     denoiser_sigma: float | None = None
     init: str = "adjoint"
 
-    def resolved(self, problem: Problem) -> "PnPADMM":
+    def resolved(self, problem: Problem) -> PnPADMM:
         if self.solver not in PNP_SOLVERS:
             raise ValueError(f"solver must be one of {', '.join(PNP_SOLVERS)}, got {self.solver!r}")
         if self.init not in PNP_INITS:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -12,7 +13,6 @@ from torch import Tensor
 from invsolve.samplers.base import Defaults, Method, Problem, register
 from invsolve.samplers.latent import latent_problem, ldm_ddim_levels, network_epsilon, vp_scale
 from invsolve.samplers.updates import ddim_step, ve_step_factor
-
 
 _RUN = "LituRout/PSLD stable-diffusion/run/"
 
@@ -166,7 +166,7 @@ class PSLD(Method):
     def defaults_table(cls, prior: Any = None) -> Mapping[str, Defaults]:
         return psld_defaults_table(prior)
 
-    def resolved(self, problem: Problem) -> "PSLD":
+    def resolved(self, problem: Problem) -> PSLD:
         if self.gamma < 0 or not 0 <= self.eta <= 1:
             raise ValueError(f"need gamma >= 0 and 0 <= eta <= 1, got {self.gamma}, {self.eta}")
         return self

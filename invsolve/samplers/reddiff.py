@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -139,7 +139,7 @@ class REDDiff(Method):
     weighting: str = "linear"
     init: str = "auto"
 
-    def resolved(self, problem: Problem) -> "REDDiff":
+    def resolved(self, problem: Problem) -> REDDiff:
         if self.weighting not in REDDIFF_WEIGHTINGS:
             raise ValueError(f"weighting must be one of {sorted(REDDIFF_WEIGHTINGS)}, got {self.weighting!r}")
         if self.init not in REDDIFF_INITS:

@@ -16,8 +16,8 @@ increments is an unbiased estimate of the normalising constant of the final targ
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 from torch import Tensor

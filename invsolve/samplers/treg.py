@@ -117,7 +117,7 @@ class TReg(Method):
     use_dps: bool = False
     dps_step: float | None = None
 
-    def resolved(self, problem: Problem) -> "TReg":
+    def resolved(self, problem: Problem) -> TReg:
         text_prior(problem, self.name)
         if self.consistency not in CONSISTENCY_SOLVERS:
             raise ValueError(f"consistency must be one of {', '.join(CONSISTENCY_SOLVERS)}, got {self.consistency!r}")

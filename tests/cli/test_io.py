@@ -16,8 +16,8 @@ from invsolve.io import (
     load_image,
     prepare_output,
     save_image,
-    side_by_side,
     sibling_path,
+    side_by_side,
     to_model_range,
     to_uint8,
 )

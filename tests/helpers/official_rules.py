@@ -9,7 +9,7 @@ parity tests, which run invsolve and these on the same exact Gaussian-mixture mo
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

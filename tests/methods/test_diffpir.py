@@ -4,8 +4,8 @@ its data step against closed forms, and its contracts."""
 from __future__ import annotations
 
 import math
-import warnings
 import statistics
+import warnings
 
 import numpy as np
 import pytest

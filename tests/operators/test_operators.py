@@ -9,8 +9,8 @@ the code under test: direct convolutions with ``torch.nn.functional.conv2d`` and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pytest
