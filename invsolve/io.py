@@ -8,6 +8,7 @@ back to ``round((x + 1) * 127.5)``, so a uint8 image survives a round trip exact
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -72,11 +73,13 @@ def load_image(
     if not path.is_file():
         raise FileNotFoundError(f"no image file at {str(path)!r}")
     try:
-        with Image.open(path) as image:
-            image.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
     except UnidentifiedImageError:
         raise ValueError(f"{str(path)!r} is not an image file PIL can read") from None
-    except Image.DecompressionBombError as err:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ValueError(f"{str(path)!r} is too large to decode safely: {err}") from None
     except (OSError, SyntaxError, EOFError) as err:
         reason = " ".join(str(err).split()) or type(err).__name__
@@ -98,10 +101,14 @@ def image_size(path: str | Path) -> tuple[int, int]:
     if not path.is_file():
         raise FileNotFoundError(f"no image file at {str(path)!r}")
     try:
-        with Image.open(path) as image:
-            return image.height, image.width
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return image.height, image.width
     except UnidentifiedImageError:
         raise ValueError(f"{str(path)!r} is not an image file PIL can read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ValueError(f"{str(path)!r} is too large to decode safely: {err}") from None
     except (OSError, SyntaxError, EOFError) as err:
         raise ValueError(f"{str(path)!r} cannot be read: {' '.join(str(err).split())}") from None
 
