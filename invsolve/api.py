@@ -197,8 +197,7 @@ def solve(
     algorithm = cls(**{**cls.task_options(row, noise_sigma, prior), **method_options})
     if cls.noiseless_only and noise_sigma > 0:
         warnings.warn(f"{cls.name} assumes noiseless measurements: {cls.noiseless_only}", UserWarning, stacklevel=2)
-    elif row is not None and noise_sigma > 0 and cls.defaults_table(prior)[row].noisy_warning:
-        reason = cls.defaults_table(prior)[row].noisy_warning
+    elif row is not None and noise_sigma > 0 and (reason := cls.defaults_table(prior)[row].noisy_warning):
         warnings.warn(f"{cls.name}'s {row} setting is not for noisy data: {reason}", UserWarning, stacklevel=2)
     check_measurement(measurement, noise_sigma, operator)
     num_samples = check_count("num_samples", num_samples)

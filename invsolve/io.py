@@ -7,9 +7,10 @@ back to ``round((x + 1) * 127.5)``, so a uint8 image survives a round trip exact
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,19 @@ def to_uint8(x: Tensor) -> Tensor:
     return ((x.detach().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
+#: PIL's refusals of a header that claims too many pixels (over 2x and over 1x its limit).
+DECOMPRESSION_BOMBS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
+@contextlib.contextmanager
+def _open_refusing_bombs(path: Path) -> Iterator[Image.Image]:
+    """``Image.open`` (header only) that raises on either of :data:`DECOMPRESSION_BOMBS`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as image:
+            yield image
+
+
 def load_image(
     path: str | Path,
     size: int | tuple[int, int] | None = None,
@@ -73,13 +87,11 @@ def load_image(
     if not path.is_file():
         raise FileNotFoundError(f"no image file at {str(path)!r}")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image.load()
+        with _open_refusing_bombs(path) as image:
+            image.load()
     except UnidentifiedImageError:
         raise ValueError(f"{str(path)!r} is not an image file PIL can read") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+    except DECOMPRESSION_BOMBS as err:
         raise ValueError(f"{str(path)!r} is too large to decode safely: {err}") from None
     except (OSError, SyntaxError, EOFError) as err:
         reason = " ".join(str(err).split()) or type(err).__name__
@@ -101,13 +113,11 @@ def image_size(path: str | Path) -> tuple[int, int]:
     if not path.is_file():
         raise FileNotFoundError(f"no image file at {str(path)!r}")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                return image.height, image.width
+        with _open_refusing_bombs(path) as image:
+            return image.height, image.width
     except UnidentifiedImageError:
         raise ValueError(f"{str(path)!r} is not an image file PIL can read") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+    except DECOMPRESSION_BOMBS as err:
         raise ValueError(f"{str(path)!r} is too large to decode safely: {err}") from None
     except (OSError, SyntaxError, EOFError) as err:
         raise ValueError(f"{str(path)!r} cannot be read: {' '.join(str(err).split())}") from None

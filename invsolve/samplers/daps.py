@@ -87,6 +87,7 @@ class DAPS(Method):
     default_steps = 200
     summary = "DAPS: annealed Langevin on the decoupled posterior p(x0 | x_t, y)"
     task_defaults = DAPS_TASK_DEFAULTS
+    cost = "ode_steps NFE and langevin_steps operator gradients per level; no network backprop"
 
     sigma_max: float = 100.0
     sigma_min: float = 0.1

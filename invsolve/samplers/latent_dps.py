@@ -10,7 +10,7 @@ from typing import Any
 from torch import Tensor
 
 from invsolve.samplers.base import Defaults, Method, Problem, register
-from invsolve.samplers.psld import PSLD_LDM_TASK_DEFAULTS, PSLD_SD_TASK_DEFAULTS, psld_sampling
+from invsolve.samplers.psld import PSLD_LDM_TASK_DEFAULTS, PSLD_SD_TASK_DEFAULTS, psld_sampling, table_for_model
 
 
 def _omega_only(table: Mapping[str, Defaults]) -> Mapping[str, Defaults]:
@@ -40,7 +40,7 @@ class LatentDPS(Method):
 
     per-sample norms, ``n`` fresh noise when ``residual_noise`` (the code's ``noiser``).
     Defaults as PSLD's run scripts: 1000 CompVis DDIM steps, ``eta = 0``, ``omega`` from
-    :func:`~invsolve.samplers.psld.psld_defaults_table` (Stable Diffusion 1, box inpainting 0.1;
+    :func:`~invsolve.samplers.psld.table_for_model` (Stable Diffusion 1, box inpainting 0.1;
     other LDMs 0.1, super-resolution 0.9).  The result is the decoded last state.  Cost per
     step: 1 NFE, one decoder pass and one backprop through decoder and network.
     """
@@ -58,8 +58,7 @@ class LatentDPS(Method):
 
     @classmethod
     def defaults_table(cls, prior: Any = None) -> Mapping[str, Defaults]:
-        text = getattr(prior, "text_conditioned", False)
-        return LATENT_DPS_SD_TASK_DEFAULTS if text else LATENT_DPS_LDM_TASK_DEFAULTS
+        return table_for_model(prior, LATENT_DPS_SD_TASK_DEFAULTS, LATENT_DPS_LDM_TASK_DEFAULTS)
 
     def resolved(self, problem: Problem) -> LatentDPS:
         if not 0 <= self.eta <= 1:

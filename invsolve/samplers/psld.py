@@ -43,9 +43,11 @@ PSLD_LDM_TASK_DEFAULTS = MappingProxyType(
 )
 
 
-def psld_defaults_table(prior: Any) -> Mapping[str, Defaults]:
+def table_for_model(
+    prior: Any, stable_diffusion: Mapping[str, Defaults], other: Mapping[str, Defaults]
+) -> Mapping[str, Defaults]:
     """The Stable Diffusion scripts' table for text-conditioned priors, else the LDM scripts'."""
-    return PSLD_SD_TASK_DEFAULTS if getattr(prior, "text_conditioned", False) else PSLD_LDM_TASK_DEFAULTS
+    return stable_diffusion if getattr(prior, "text_conditioned", False) else other
 
 
 class NullSpaceComponent(torch.autograd.Function):
@@ -139,7 +141,7 @@ class PSLD(Method):
     image is the projection onto ``{x : A x = y}`` only when ``A A^T = I`` (masks,
     super-resolution normalised to orthonormal rows), which is where the paper's
     guarantee holds; elsewhere the term is a heuristic.  ``omega`` / ``gamma`` default to
-    the run scripts' values (:func:`psld_defaults_table`).  1000 steps (all ``T`` timesteps: the
+    the run scripts' values (:func:`table_for_model`).  1000 steps (all ``T`` timesteps: the
     alphas are read one timestep below the network's ``t``, as the code does), DDIM
     ``eta = 0``.  Cost per step: 1 NFE, one decoder and one encoder pass, one backprop
     through all three.
@@ -164,7 +166,7 @@ class PSLD(Method):
 
     @classmethod
     def defaults_table(cls, prior: Any = None) -> Mapping[str, Defaults]:
-        return psld_defaults_table(prior)
+        return table_for_model(prior, PSLD_SD_TASK_DEFAULTS, PSLD_LDM_TASK_DEFAULTS)
 
     def resolved(self, problem: Problem) -> PSLD:
         if self.gamma < 0 or not 0 <= self.eta <= 1:
