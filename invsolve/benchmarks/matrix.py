@@ -44,13 +44,15 @@ NON_FINITE, BELOW_BASELINE = "non-finite", f"more than {MARGIN_DB:g} dB below no
 class MatrixConfig:
     """What the matrix runs: methods (``None``: every method the prior's kind supports),
     tasks, image size, measurement noise (``None``: the presets' 0.05), steps per method
-    (missing: the method's default), the base seed and whether to try LPIPS."""
+    (missing: the method's default), images per task (missing: every image), the base
+    seed and whether to try LPIPS."""
 
     methods: tuple[str, ...] | None = None
     tasks: tuple[str, ...] = tuple(TASK_PRESETS)
     size: int = 64
     noise_sigma: float | None = None
     steps: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
     seed: int = 0
     lpips: bool = True
 
@@ -68,6 +70,11 @@ class MatrixConfig:
             raise ValueError(f"size must be at least 16 pixels (SSIM needs 11 x 11 after SR), got {self.size}")
         if any(int(n) < 1 for n in self.steps.values()):
             raise ValueError(f"steps must be >= 1, got {self.steps}")
+        unknown = sorted(set(self.counts) - set(self.tasks))
+        if unknown:
+            raise ValueError(f"image counts given for tasks that are not run: {unknown} (tasks: {list(self.tasks)})")
+        if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.counts.values()):
+            raise ValueError(f"image counts must be integers >= 1, got {self.counts}")
 
 
 @dataclass
@@ -186,7 +193,7 @@ def run_matrix(
         noise = task.noise_sigma if config.noise_sigma is None else config.noise_sigma
         baseline = report.cells.setdefault((NO_LEARNING, task.name), Cell(NO_LEARNING, task.name))
         cells = {m: report.cells.setdefault((m, task.name), Cell(m, task.name)) for m in methods}
-        for index, name in enumerate(images.names):
+        for index, name in enumerate(images.names[: config.counts.get(task.name)]):
             truth = truth_all[index : index + 1]
             op_seed = image_seed(name, config.seed, "operator") if task.per_image else config.seed
             op = task.operator(config.size, op_seed)

@@ -52,6 +52,8 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
                         help="image files or folders, 'heldout' (default: the bundled prior's held-out photo "
                              "crops, or the demo image outside a source checkout) or 'demo'")
     parser.add_argument("--count", type=int, default=None, help="number of images (default 4; --quick 1)")
+    parser.add_argument("--task-count", action="append", default=[], metavar="TASK=N",
+                        help="images for one task instead of --count (the first N), repeatable")
     parser.add_argument("--steps", action="append", default=[], metavar="METHOD=N",
                         help="steps of one method instead of its default, repeatable")
     parser.add_argument("--noise-sigma", type=float, default=None, help="measurement noise (default: the presets' 0.05)")
@@ -80,6 +82,7 @@ def build_config(args: argparse.Namespace) -> MatrixConfig:
     if any(not isinstance(n, int) or isinstance(n, bool) for n in steps.values()):
         raise ValueError(f"--steps expects METHOD=N with an integer N, got {args.steps}")
     config.steps.update(steps)
+    config.counts = parse_key_values(args.task_count, "--task-count")
     config.validate()
     return config
 
@@ -89,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     count = args.count or (1 if args.quick else 4)
     if count < 1:
         raise ValueError(f"--count must be >= 1, got {count}")
+    config.counts = {task: config.counts.get(task, count) for task in config.tasks}
+    count = max(config.counts.values())
     images = benchmark_images(args.images, config.size, count)
     spec = prior_spec(args)
     prior = spec.load()
