@@ -6,6 +6,7 @@ from priors.adm import ADMPrior, load_adm, resolve_adm_checkpoint
 from priors.adm_unet import ADMConfig, ADMUNet
 from priors.base import LatentPrior, Prior, is_latent_prior, is_prior, is_proximal_prior, is_restorer_prior
 from priors.clipped import ClippedPrior
+from priors.diffusers_flow_latent import FlowLatentPrior
 from priors.diffusers_latent import DiffusersLatentPrior, TextConditionedDenoiser
 from priors.diffusers_pixel import DiffusersPixelPrior
 from priors.gaussian import GaussianMixturePrior, GaussianPrior
@@ -25,6 +26,7 @@ __all__ = [
     "ConvexPotential",
     "DiffusersLatentPrior",
     "DiffusersPixelPrior",
+    "FlowLatentPrior",
     "GaussianMixturePrior",
     "GaussianPrior",
     "LPNPrior",

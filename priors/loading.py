@@ -19,8 +19,10 @@ import torch
 from priors.adm import resolve_adm_checkpoint
 from priors.base import Prior
 from priors.bundled import bundled
+from priors.diffusers_flow_latent import FlowLatentPrior
 from priors.diffusers_latent import AUTOENCODER_CLASSES, DiffusersLatentPrior, TextConditionedDenoiser
 from priors.diffusers_pixel import DiffusersPixelPrior
+from priors.flux import FluxDenoiser
 from priors.locations import (
     DOWNLOAD_OPTIONS as _DOWNLOAD_OPTIONS,
 )
@@ -36,6 +38,7 @@ from priors.locations import (
     first_line as _first_line,
 )
 from priors.network_priors import load_network_prior
+from priors.sd3 import SD3Denoiser
 
 #: Keyword arguments ``load_prior`` forwards to the Hub download and ``from_pretrained``.
 HUB_OPTIONS = ("revision", "cache_dir", "local_files_only", "token", "variant", "use_safetensors")
@@ -189,6 +192,65 @@ def _load_diffusers_latent(
     return DiffusersLatentPrior(denoiser, autoencoder)
 
 
+#: Latent flow pipelines (``model_index.json`` ``_class_name``) and their components besides ``scheduler``.
+_FLOW_LATENT_PIPELINES = {
+    "StableDiffusion3Pipeline": ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3",
+                                 "tokenizer", "tokenizer_2", "tokenizer_3"),
+    "FluxPipeline": ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"),
+}
+
+
+def _load_flow_latent(
+    location: ModelLocation,
+    index: dict,
+    options: dict[str, Any],
+    dtype: torch.dtype | None,
+    device: torch.device | str | None,
+    prompt: str | None,
+    guidance_scale: float | None,
+) -> FlowLatentPrior:
+    """An SD3 / SD3.5 or FLUX.1 pipeline: its components by the classes ``model_index.json`` names
+    (diffusers or transformers), ``scheduler/`` as a ``FlowMatchEulerDiscreteScheduler``."""
+    import importlib
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    pipeline = index["_class_name"]
+    scheduler_config = location.read_json("scheduler_config.json", "scheduler", options)
+    if scheduler_config is None:
+        raise location.error(f"its {pipeline} has no scheduler config (scheduler/scheduler_config.json)")
+    download = {k: v for k, v in options.items() if k in _DOWNLOAD_OPTIONS}
+    weights = {**options, **({} if dtype is None else {"torch_dtype": dtype})}
+    parts: dict[str, Any] = {}
+    for name in _FLOW_LATENT_PIPELINES[pipeline]:
+        library, cls_name = (index.get(name) or [None, None])[-2:]
+        if cls_name is None and name in ("text_encoder_3", "tokenizer_3"):  # SD3 runs without its T5
+            parts[name] = None
+            continue
+        cls = getattr(importlib.import_module(library), cls_name, None) if library in ("diffusers", "transformers") else None
+        if cls is None:
+            raise location.error(f"its {pipeline} lacks a known {name} class (model_index.json names {library}.{cls_name})")
+        if name.startswith("tokenizer"):
+            parts[name] = _from_pretrained(location, cls, name, download, name)
+            continue
+        part = _from_pretrained(location, cls, name, weights if library == "diffusers" else options, name)
+        if dtype is not None:
+            part.to(dtype)
+        if device is not None:
+            part.to(device)
+        parts[name] = part.eval().requires_grad_(False)
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
+    text = {"prompt": prompt or "", "guidance_scale": 1.0 if guidance_scale is None else guidance_scale}
+    if pipeline == "FluxPipeline":
+        denoiser = FluxDenoiser(parts["transformer"], scheduler, (parts["text_encoder"], parts["text_encoder_2"]),
+                                (parts["tokenizer"], parts["tokenizer_2"]), **text)
+    else:
+        encoders = tuple(parts[f"text_encoder{s}"] for s in ("", "_2", "_3"))
+        denoiser = SD3Denoiser(parts["transformer"], scheduler, encoders,
+                               tuple(parts[f"tokenizer{s}"] for s in ("", "_2", "_3")), **text)
+    return FlowLatentPrior(denoiser, parts["vae"])
+
+
 def _adm_checkpoint(name_or_path: str | os.PathLike, device: Any, dtype: torch.dtype | None, **kwargs: Any) -> Prior | None:
     """:func:`priors.adm.resolve_adm_checkpoint`, with a corrupt ``.safetensors`` file as a one-line error."""
     from safetensors import SafetensorError
@@ -260,6 +322,8 @@ def load_prior(
         )
     kwargs = cache_only_when_offline(location, kwargs)
     index = location.read_json("model_index.json", None, kwargs)
+    if index is not None and index.get("_class_name") in _FLOW_LATENT_PIPELINES:
+        return _load_flow_latent(location, index, kwargs, _as_dtype(dtype), device, prompt, guidance_scale)
     if index is not None and any(component in index for component in _LATENT_COMPONENTS):
         latent = _load_diffusers_latent(location, index, kwargs, _as_dtype(dtype), prompt, guidance_scale)
         if device is not None:
