@@ -234,7 +234,7 @@ def _load_flow_latent(
             parts[name] = _from_pretrained(location, cls, name, download, name)
             continue
         part = _from_pretrained(location, cls, name, weights if library == "diffusers" else options, name)
-        if dtype is not None:
+        if dtype is not None and library == "transformers":
             part.to(dtype)
         if device is not None:
             part.to(device)

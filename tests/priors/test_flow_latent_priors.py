@@ -10,6 +10,9 @@ turned into ``D = x_t - t v`` by hand (``x_t = x / (1 + sigma)``, ``t = sigma / 
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 import torch
 
@@ -220,15 +223,52 @@ def test_prompts_and_guidance_change_the_denoiser(flow_pipelines, name) -> None:
         pass
 
 
+def test_text_embeddings_get_gradients_through_the_packing(flow_pipelines) -> None:
+    """P2L tunes the packed embedding: the sequence rows and the pooled entries both reach the output."""
+    root, _ = flow_pipelines
+    prior = load_prior(root / "sd3", prompt="face")
+    embeds = prior.encode_text("face").requires_grad_(True)
+    with prior.text_conditioning(embeds, embeds, 1.0):
+        (grad,) = torch.autograd.grad(prior.denoise(latents(11), torch.tensor([1.0, 1.0])).square().sum(), embeds)
+    length, width, pooled = prior.denoiser.sequence_length, prior.denoiser.sequence_width, prior.denoiser.pooled_width
+    assert grad[:, :length, :width].abs().sum() > 0 and grad[:, length, :pooled].abs().sum() > 0
+    assert grad[:, length, pooled:].abs().sum() == 0  # the padding is never read
+
+
 @pytest.mark.parametrize("name", ["sd3", "flux"])
-@pytest.mark.parametrize("method", ["latent_dps", "psld", "resample"])
+def test_dtype_and_errors(flow_pipelines, name, tmp_path) -> None:
+    root, _ = flow_pipelines
+    prior = load_prior(root / name, dtype="bfloat16", device="cpu")
+    assert prior.dtype == torch.bfloat16 and prior.denoiser.text_encoders[0].dtype == torch.bfloat16
+    out = prior.denoise(latents(12), torch.tensor([1.0, 2.0]))
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    copy = tmp_path / name
+    shutil.copytree(root / name, copy)
+    index = json.loads((copy / "model_index.json").read_text())
+    del index["text_encoder_2"]
+    (copy / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError) as err:
+        load_prior(copy)
+    assert "\n" not in str(err.value) and "text_encoder_2" in str(err.value) and str(copy) in str(err.value)
+
+
+LATENT_METHODS = {
+    "latent_dps": {"task": "random_inpainting"},
+    "psld": {"task": "random_inpainting"},
+    "resample": {"pixel_max_iters": 3, "latent_max_iters": 3, "interval": 2},
+    "p2l": {"prompt_iterations": 1},
+    "treg": {"adaptive_negation": False},  # its CLIP image features are SD v1's text width (768)
+}
+
+
+@pytest.mark.parametrize("name", ["sd3", "flux"])
+@pytest.mark.parametrize("method", sorted(LATENT_METHODS))
 def test_latent_methods_run_on_flow_priors(flow_pipelines, name, method) -> None:
     root, _ = flow_pipelines
     prior = load_prior(root / name, prompt="face")
     x = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(9)) * 2 - 1
     op = Inpainting(torch.ones(H, W).tril())
     y = op.measure(x, 0.05, torch.Generator().manual_seed(10))
-    options = {"pixel_max_iters": 3, "latent_max_iters": 3, "interval": 2} if method == "resample" else {
-        "task": "random_inpainting"}
-    result = solve(y, op, prior, method=method, steps=3, seed=0, noise_sigma=0.05, progress=False, **options)
+    options = LATENT_METHODS[method]
+    result = solve(y, op, prior, method=method, steps=4, seed=0, noise_sigma=0.05, progress=False, **options)
     assert result.image.shape == x.shape and torch.isfinite(result.image).all()
