@@ -1,7 +1,10 @@
 r"""FLUX.1 (``FluxTransformer2DModel``) as a latent flow prior on unpacked latents.
 
-Black Forest Labs, FLUX.1 (github ``black-forest-labs/flux``, ``src/flux/sampling.py``); the
-conventions are diffusers' ``FluxPipeline`` (``pipelines/flux/pipeline_flux.py``, diffusers 0.42):
+Black Forest Labs, FLUX.1.  The reference code (github ``black-forest-labs/flux``, ``src/flux/sampling.py``)
+fixes the packing and position ids (``prepare``), the Euler loop ``img + (t_prev - t) v`` with the guidance
+vector (``denoise``) and the resolution shift (``get_lin_function``, ``time_shift``, ``get_schedule``: its
+``linspace(1, 0, steps + 1)`` shifted is diffusers' grid below).  The checkpoints' layout and the text
+details are those of diffusers' ``FluxPipeline`` (``pipelines/flux/pipeline_flux.py``, diffusers 0.42):
 
 * packing: latents ``(N, C, h, w)`` become ``h w / 4`` tokens of ``4 C`` values, one per 2x2 patch,
   ordered row-major over patches, each token channel-major then row then column within the patch

@@ -1,8 +1,12 @@
 r"""Stable Diffusion 3 / 3.5 (``SD3Transformer2DModel``) as a latent flow prior.
 
-Esser et al., "Scaling Rectified Flow Transformers for High-Resolution Image Synthesis", ICML 2024;
-the conventions are diffusers' ``StableDiffusion3Pipeline`` (``pipelines/stable_diffusion_3/
-pipeline_stable_diffusion_3.py``, diffusers 0.42):
+Esser et al., "Scaling Rectified Flow Transformers for High-Resolution Image Synthesis", ICML 2024.
+Stability AI's reference code (github ``Stability-AI/sd3.5``, ``sd3_impls.py``) fixes the model's
+conventions: network timestep ``1000 t`` (``ModelSamplingDiscreteFlow.timestep``), ``x0 = z_t - t v``
+(``calculate_denoised``), latents ``(h - shift_factor) * scale_factor`` (``SD3LatentFormat``) and
+guidance ``neg + w (pos - neg)`` (``CFGDenoiser``).  The text and grid details below are those of
+diffusers' ``StableDiffusion3Pipeline`` (``pipelines/stable_diffusion_3/pipeline_stable_diffusion_3.py``,
+diffusers 0.42), which reads the same checkpoints:
 
 * text: CLIP-L and CLIP-G (``CLIPTextModelWithProjection``) give the penultimate hidden states,
   concatenated along the width and zero-padded (or cut) to T5's width, then followed by T5's
