@@ -83,7 +83,8 @@ def tiny_flux_transformer(guidance_embeds: bool = True):
 
 
 def save_tiny_flow_pipelines(root: Path) -> dict:
-    """``root / "sd3"`` and ``root / "flux"`` pipeline folders; returns their components."""
+    """``root / "sd3"``, ``root / "sd3-no-t5"`` (SD3 run without its T5 encoder) and ``root / "flux"``
+    pipeline folders; returns their components."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, StableDiffusion3Pipeline
 
     clip_tokenizer, clip = tiny_text_model(root / "clip-tokenizer")
@@ -94,11 +95,12 @@ def save_tiny_flow_pipelines(root: Path) -> dict:
         "t5": t5, "clip_l": tiny_clip_with_projection(15, vocab), "clip_g": tiny_clip_with_projection(16, vocab),
         "sd3": tiny_sd3_transformer(), "flux": tiny_flux_transformer(),
     }
-    StableDiffusion3Pipeline(
-        transformer=parts["sd3"], scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=parts["vae"],
-        text_encoder=parts["clip_l"], tokenizer=clip_tokenizer, text_encoder_2=parts["clip_g"],
-        tokenizer_2=clip_tokenizer, text_encoder_3=t5, tokenizer_3=t5_tokenizer,
-    ).save_pretrained(root / "sd3")
+    for folder, encoder, tokenizer in (("sd3", t5, t5_tokenizer), ("sd3-no-t5", None, None)):
+        StableDiffusion3Pipeline(
+            transformer=parts["sd3"], scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=parts["vae"],
+            text_encoder=parts["clip_l"], tokenizer=clip_tokenizer, text_encoder_2=parts["clip_g"],
+            tokenizer_2=clip_tokenizer, text_encoder_3=encoder, tokenizer_3=tokenizer,
+        ).save_pretrained(root / folder)
     dynamic = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                                               base_image_seq_len=256, max_image_seq_len=4096)
     FluxPipeline(

@@ -104,6 +104,20 @@ def test_sd3_denoise_is_the_guided_velocity_with_the_pipelines_embeddings(flow_p
     torch.testing.assert_close(pool, pooled, **NETWORK_TOLERANCE)
 
 
+def test_sd3_without_t5_uses_zero_rows_as_the_pipeline_does(flow_pipelines) -> None:
+    from diffusers import StableDiffusion3Pipeline
+
+    root, _ = flow_pipelines
+    pipe = StableDiffusion3Pipeline.from_pretrained(root / "sd3-no-t5", text_encoder_3=None, tokenizer_3=None)
+    assert pipe.text_encoder_3 is None
+    prompt, _, pooled, _ = pipe.encode_prompt("face", None, None, device="cpu")
+    prior = load_prior(root / "sd3-no-t5", prompt="face")
+    sequence, pool = prior.denoiser.unpack_text(prior.encode_text("face"))
+    assert sequence.shape == (1, 8 + 256, 32) and sequence[:, 8:].abs().sum() == 0
+    torch.testing.assert_close(sequence, prompt, **NETWORK_TOLERANCE)
+    torch.testing.assert_close(pool, pooled, **NETWORK_TOLERANCE)
+
+
 def test_sd3_euler_steps_match_the_pipeline(flow_pipelines, diffusers_pipes) -> None:
     root, _ = flow_pipelines
     prior = load_prior(root / "sd3", prompt="face", guidance_scale=2.0)
