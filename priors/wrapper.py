@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -15,8 +16,8 @@ class PriorWrapper(Prior):
 
     Subclasses change ``denoise`` (clamping, tiling, ...) and keep the inner
     prior's placement, so ``solve()`` puts the sampler where the network runs, and
-    its data range, ``clip_sample`` and timestep table (``sigmas``), so methods keep
-    their official grids and clamping.
+    its data range, ``clip_sample``, timestep table (``sigmas``) and flow grid (``flow_times``),
+    so methods keep their official grids and clamping.
     """
 
     prior: Any
@@ -40,6 +41,11 @@ class PriorWrapper(Prior):
     @property
     def sigmas(self) -> torch.Tensor | None:
         return getattr(self.prior, "sigmas", None)
+
+    @property
+    def flow_times(self) -> Callable[[int], list[float]] | None:
+        """A flow prior's scheduler grid (``None`` for other priors, which get the uniform grid)."""
+        return getattr(self.prior, "flow_times", None)
 
 
 class LatentPriorWrapper(PriorWrapper):
