@@ -135,7 +135,7 @@ class MCGdiff(Method):
         levels = with_observation_levels(problem.timestep_sigmas(linspace_timesteps), obs_std[observed])
         levels = levels.to(s.device)
         tau = torch.where(observed, (levels[None, None, :] > obs_std[..., None]).sum(-1), -1)
-        layout = system_layout(problem.y, self.samples_per_system)
+        layout = system_layout(problem.y, self.samples_per_system, problem.images)
         out = torch.empty(problem.x_shape, device=s.device, dtype=s.dtype)
         log_z = torch.empty(layout.num_systems, device=s.device, dtype=torch.float64)
         ess = []

@@ -94,7 +94,7 @@ class PnPDM(Method):
     @torch.no_grad()
     def run(self, problem: Problem) -> Tensor:
         kept = self.kept_iterations(problem.steps)
-        layout = system_layout(problem.y, len(kept))
+        layout = system_layout(problem.y, len(kept), problem.images)
         y = layout.distinct[layout.measurement].to(problem.y)
         grid = karras_sigmas(self.diffusion_steps, max(self.sigma_min, problem.prior.sigma_min),
                              min(self.sigma_max, problem.prior.sigma_max), self.rho_edm).tolist()

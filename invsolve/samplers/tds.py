@@ -95,7 +95,7 @@ class TDS(Method):
 
     def run(self, problem: Problem) -> Tensor:
         per_system = self.particles if self.samples_per_system is None else self.samples_per_system
-        layout = system_layout(problem.y, per_system)
+        layout = system_layout(problem.y, per_system, problem.images)
         sigmas = problem.timestep_sigmas(respaced_timesteps)
         out = torch.empty(problem.x_shape, device=problem.y.device, dtype=problem.y.dtype)
         log_z = torch.empty(layout.num_systems, device=out.device, dtype=torch.float64)
