@@ -80,7 +80,7 @@ class DDNM(Method):
     * ``noise_sigma`` is on the [-1, 1] scale (the official ``--sigma_y`` is doubled from [0, 1]);
     * ``Lambda_noise`` takes ``eps`` to spectral coordinates (``V^T eps``) like every other
       vector; some official operator classes (super-resolution, deblurring, colourisation) skip
-      ``V^T`` there (the same for masks);
+      ``V^T`` there (for masks both are the same);
     * without an SVD, noisy problems use the SVD rule with every nonzero singular value taken
       as 1 (the official ``Denoising`` class; exact when ``A A^T = I``, e.g. masks): one
       ``lambda`` from ``rho = sigma_y``, range and null parts split by ``P = A^+ A``.  The official
