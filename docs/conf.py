@@ -48,7 +48,7 @@ extensions = [
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build", "README.md", "results/*.json", "examples/*.py", "examples/README.rst", "auto_examples/*.ipynb",
+exclude_patterns = ["_build", "README.md", "method_notes/*", "results/*.json", "examples/*.py", "examples/README.rst", "auto_examples/*.ipynb",
                     "auto_examples/*.py", "auto_examples/*.zip", "auto_examples/*.json"]
 root_doc = "index"
 

@@ -5,6 +5,12 @@ official code, deviations), ``default_steps``, ``needs``, the ``task_defaults`` 
 with the source of every row, ``noiseless_only``, ``cost`` and the dataclass fields
 with their defaults. Nothing here is typed by hand, so a new method gets its page as
 soon as it is registered. The pages go to ``docs/methods/`` (ignored by git).
+
+Docstrings are references (paper, official code, update rule, deviations); what was
+measured about a method (benchmark runs, iteration counts, timings) lives in
+``docs/method_notes/<name>.md`` and is appended to its page under "Notes and
+measurements". ``docs/method_notes/operators.md`` holds the same for the operators'
+engines and becomes ``methods/operator_notes``.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 OUT = Path(__file__).resolve().parent / "methods"
+NOTES = Path(__file__).resolve().parent / "method_notes"
+OPERATOR_NOTES = "operators"
 
 
 def code(value: Any) -> str:
@@ -70,6 +78,17 @@ def fields_table(cls: type) -> list[str]:
     return [*lines, ""]
 
 
+def notes(name: str) -> list[str]:
+    """The method's notes file, under its own heading (nothing when it has none).
+
+    The file's headings move one level down, so they nest under "Notes and measurements"."""
+    path = NOTES / f"{name}.md"
+    if not path.exists():
+        return []
+    body = [("#" + line) if line.startswith("#") else line for line in path.read_text(encoding="utf-8").splitlines()]
+    return ["## Notes and measurements", "", *body, ""]
+
+
 def page(cls: type) -> str:
     needs = ", ".join(f"`{need}`" for need in cls.needs) or "–"
     cost = getattr(cls, "cost", None)
@@ -84,7 +103,7 @@ def page(cls: type) -> str:
         f"| default steps | {cls.default_steps} |",
         f"| needs | {needs} |",
         f"| noiseless only | {cell(cls.noiseless_only) if cls.noiseless_only else 'no'} |",
-        f"| cost per step | {cell(cost) if cost else 'not stated'} |",
+        f"| cost | {cell(cost) if cost else 'not stated'} |",
         f"| clamps x0 like its official code | {'yes' if cls.clips_denoised else 'no'} |",
         "",
         "`needs` lists what the operator and the prior must provide (`a|b`: either).",
@@ -106,6 +125,7 @@ def page(cls: type) -> str:
         "`--method-arg name=value` on the command line.",
         "",
         *fields_table(cls),
+        *notes(cls.name),
     ]
     return "\n".join(lines)
 
@@ -124,7 +144,12 @@ def index(methods: dict[str, type]) -> str:
     for name, cls in methods.items():
         needs = ", ".join(f"`{need}`" for need in cls.needs).replace("|", "\\|")
         lines.append(f"| {{doc}}`{name}` | {cell(cls.summary)} | {cls.default_steps} | {needs} |")
-    lines += ["", "```{toctree}", ":hidden:", "", *methods, "```", ""]
+    extra = []
+    if (NOTES / f"{OPERATOR_NOTES}.md").exists():
+        lines += ["", "Measurements of the operators' engines (timings, iteration counts) are in",
+                  "{doc}`operator_notes`."]
+        extra = ["operator_notes"]
+    lines += ["", "```{toctree}", ":hidden:", "", *methods, *extra, "```", ""]
     return "\n".join(lines)
 
 
@@ -138,8 +163,13 @@ def main() -> None:
 
     methods = dict(sorted(registered().items()))
     OUT.mkdir(exist_ok=True)
+    keep = {"index", *methods}
+    operator_notes = NOTES / f"{OPERATOR_NOTES}.md"
+    if operator_notes.exists():
+        keep.add("operator_notes")
+        write_if_changed(OUT / "operator_notes.md", operator_notes.read_text(encoding="utf-8"))
     for old in OUT.glob("*.md"):
-        if old.stem != "index" and old.stem not in methods:
+        if old.stem not in keep:
             old.unlink()
     for name, cls in methods.items():
         write_if_changed(OUT / f"{name}.md", page(cls))

@@ -1,4 +1,4 @@
-"""Run-time checks of the operator and prior contracts (``DESIGN.md``, "Contracts").
+"""Run-time checks of the operator and prior contracts (:class:`operators.Operator`, :class:`priors.Prior`).
 
 A user-written operator or prior that returns the wrong shape would otherwise be
 broadcast silently into nonsense samples.  :func:`check_operator_output` calls the

@@ -46,15 +46,13 @@ class Blur(LinearOperator):
     * ``"reflect"`` (the benchmarks' rule, DPS / DAPS ``ReflectionPad2d``), separable
       kernel ``k = u v^T`` (Gaussian, uniform, any rank-one kernel, detected to float64
       rounding): ``A = R_u ⊗ R_v``, a Kronecker product of two 1-D reflect-convolution
-      matrices.  SVD :class:`operators.separable.SeparableSVD` (``svd`` in
-      ``capabilities``), truncated pseudo-inverse with the same ``rcond`` rule as
-      circular, and exact prox, all from the two small SVDs (cached per size).  As in
-      the official DDRM / DDNM / ΠGDM code, the SVD and the pseudo-inverse truncate
-      each 1-D factor's singular values at ``factor_rcond = 3e-2`` of its largest
-      (DDRM ``functions/svd_replacement.py``, ``Deblurring``: ``ZERO = 3e-2``), so
-      SVD-based methods see that truncated operator (``||A - A_t|| <= 0.03 ||A||``) and
-      ``A^+`` amplifies noise at most about 1 / 0.03^2; for the 61/3 Gaussian at 64 px
-      the RMS of ``A^+ n`` for noise 0.05 falls from 47 (exact, rcond 1e-4) to 1.0.
+      matrices.  SVD :class:`operators.separable.SeparableSVD`, truncated pseudo-inverse
+      with the same ``rcond`` rule as circular, and exact prox, all from the two small SVDs
+      (cached per size).  As the official DDRM / DDNM / ΠGDM code (DDRM
+      ``functions/svd_replacement.py``, ``Deblurring``: ``ZERO = 3e-2``), the SVD and the
+      pseudo-inverse truncate each 1-D factor's singular values at ``factor_rcond = 3e-2`` of
+      its largest, so SVD-based methods see that truncated operator
+      (``||A - A_t|| <= 0.03 ||A||``) and ``A^+`` amplifies noise at most about 1 / 0.03^2.
       ``factor_rcond=0`` gives the exact SVD.
     * ``"reflect"``, non-separable kernel (motion blur): the image is reflected about
       its edge pixels, convolved by FFT on a padded canvas and cropped; the adjoint is
@@ -63,13 +61,8 @@ class Blur(LinearOperator):
       residual is below ``cg_tolerance`` or after ``cg_iterations``.  ``pinv`` is the
       **regularised** pseudo-inverse ``(A^T A + eps I)^{-1} A^T y`` with
       ``eps = (rcond * sum|k|)^2`` (``rcond`` 0.1 by default), by CG on
-      ``(A A^T + eps I) u = y``, ``x = A^T u``.  Measured for ``motion61`` (seeds 0-2)
-      on 64 and 128 px photo crops, float64 and float32: CG reaches the 1e-6 tolerance
-      in 46-61 iterations, and ``||A pinv(A x) - A x|| / ||A x||`` is 1.6-3.3 %
-      (``rcond=0.03``: 0.3-0.8 % after 129-182 iterations; raise ``cg_iterations``).
-      Preconditioning by the circular closed form did not help (more iterations than
-      plain CG at every ``rho`` tried), because a 61-pixel kernel makes most of a
-      64-256 px image "boundary".
+      ``(A A^T + eps I) u = y``, ``x = A^T u``; a smaller ``rcond`` fits ``y`` closer and
+      needs more iterations (raise ``cg_iterations``).
 
     ``rcond`` defaults to ``1e-4`` for the exact pseudo-inverses and to ``0.1`` for the
     regularised one.  Kernel spectra, matrices and SVDs are computed in float64 once

@@ -8,7 +8,10 @@ image size, device and dtype:
 * :class:`ReflectFFT`: reflect padding, FFT on a padded canvas, crop (any kernel);
 * :class:`SeparableReflect`: reflect padding with a rank-one kernel ``u v^T``,
   ``y = R_u x R_v^T`` as two matrix products, or :class:`ReflectFFT` on images larger
-  than :attr:`SeparableReflect.matmul_max_side` (measured crossover, see there).
+  than :attr:`SeparableReflect.matmul_max_side` (a measured crossover).
+
+The timings behind the engine choices are in the docs' operator notes
+(``docs/method_notes/operators.md``).
 """
 
 from __future__ import annotations
@@ -90,12 +93,9 @@ class ReflectFFT:
     margins back onto their source pixels (:func:`operators.reflect.fold_reflect`).
     One real FFT pair per call; the kernel spectrum is cached per canvas.
 
-    This is the only engine for non-separable kernels: measured on a 2-core AMD EPYC
-    (single-thread CPU time, 3 channels, 61 x 61 kernel), overlap-add with 32-256 px
-    blocks cost 5-10x one FFT pair on the padded canvas at every size from 64 to 512
-    px (it transforms more points: ``(H / b)^2 (b + 60)^2 > (H + 60)^2``), and direct
-    spatial convolution (``conv2d``) was slower for every kernel wider than 3 px
-    (64 px: 0.40 vs 0.13 ms at 9 px, 13.2 vs 0.48 ms at 61 px).
+    This is the only engine for non-separable kernels: overlap-add transforms more points
+    (``(H / b)^2 (b + kh - 1)^2 > (H + kh - 1)^2`` for blocks of ``b`` px) and direct spatial
+    convolution (``conv2d``) costs ``kh kw`` per pixel; both measured slower (operator notes).
     """
 
     def __init__(self, kernel: Tensor, center: tuple[int, int]):
@@ -146,10 +146,8 @@ class SeparableReflect:
     are built in float64 once per size and cast once per device and dtype.
     """
 
-    #: Longest image side applied by matrix products.  Crossover measured on a 2-core
-    #: AMD EPYC (float32, 3 channels, forward + adjoint, single-thread CPU time):
-    #: matrices / FFT 0.09 / 1.07 ms at 64 px, 1.96 / 2.62 at 192, 4.65 / 5.75 at 256,
-    #: 9.1 / 6.5 at 320, 36.7 / 18.4 at 512.
+    #: Longest image side applied by matrix products: the measured crossover between matrix
+    #: products and :class:`ReflectFFT` (between 256 and 320 px; operator notes).
     matmul_max_side = 288
 
     def __init__(

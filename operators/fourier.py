@@ -15,10 +15,8 @@ from operators.svd import SVD
 def fast_length(n: int) -> int:
     """The smallest integer ``>= n`` of the form ``2^a 3^b 5^c`` with ``a >= 2`` (fast FFT sizes).
 
-    PyTorch's CPU FFT is 2-4x slower per point on sizes with fewer factors of 2
-    (measured, one thread, real 2-D transform pair: 125^2 0.41 ms vs 128^2 0.19 ms,
-    189^2 1.08 vs 192^2 0.51, 243^2 2.3 vs 256^2 0.99), so the padded canvas of a
-    reflect blur is rounded up to such a size.
+    PyTorch's CPU FFT is 2-4x slower per point on sizes with fewer factors of 2 (measured;
+    operator notes), so the padded canvas of a reflect blur is rounded up to such a size.
     """
     m = max(int(n), 4)
     while True:

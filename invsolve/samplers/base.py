@@ -190,7 +190,8 @@ class Method:
     task.  :func:`invsolve.solve` resolves the row once (:meth:`defaults_row`) and
     records its key in ``Result.options["task"]``.  ``noiseless_only`` says why a
     method's published algorithm assumes noiseless measurements (``solve()`` warns
-    when ``noise_sigma > 0``); ``cost`` is the cost of one step in words.
+    when ``noise_sigma > 0``); ``cost`` says in words what a step (level, iteration)
+    costs: network calls, backprops, operator applications, inner loops by name.
 
     ``clip_denoised`` (every method has it) clamps the denoised estimate to the
     prior's ``data_range``: ``None`` clamps where the official code does

@@ -38,48 +38,39 @@ DAPS_TASK_DEFAULTS = MappingProxyType(
 @register
 @dataclass
 class DAPS(Method):
-    r"""DAPS (Zhang, Chu, Berner, Meng, Anandkumar, Song, "Improving Diffusion Inverse
-    Problem Solving with Decoupled Noise Annealing", CVPR 2025), as
-    zhangbingliang2019/DAPS runs it in pixel space (``sampler.py``, ``cores/mcmc.py``,
+    r"""DAPS, decoupled annealing posterior sampling (Zhang, Chu, Berner, Meng, Anandkumar & Song,
+    "Improving Diffusion Inverse Problem Solving with Decoupled Noise Annealing", CVPR 2025).
+
+    Official code: zhangbingliang2019/DAPS in pixel space (``sampler.py``, ``cores/mcmc.py``,
     ``cores/scheduler.py``, ``configs/sampler/edm_daps.yaml``, ``configs/task/*.yaml``).
 
-    Annealing levels: the EDM poly-7 grid of ``steps + 1`` points from ``sigma_max`` (100)
-    to ``sigma_min`` (0.1), of which the first ``steps`` are visited (the scheduler counts
-    the start as a step, so 0.1 itself never is).  At level :math:`\sigma_i`:
+    Levels: the first ``steps`` of the ``steps + 1`` points of the EDM poly-7 grid from
+    ``sigma_max`` (100) to ``sigma_min`` (0.1) (the scheduler counts the start as a step).
+    At level :math:`\sigma_i`:
 
-    1. :math:`\hat x_0(x_t)`: ``ode_steps`` Euler steps of the probability-flow ODE
-       :math:`dx/d\sigma = (x - D(x, \sigma))/\sigma` over the poly-7 grid of
-       ``ode_steps + 1`` points from :math:`\sigma_i` to ``ode_sigma_min`` (0.01); the
-       result is the state at 0.01 (no final denoising), ``ode_steps`` NFE;
-    2. ``langevin_steps`` steps of Langevin dynamics from :math:`\hat x_0` on
+    1. :math:`\hat x_0`: ``ode_steps`` Euler steps of :math:`dx/d\sigma = (x - D(x, \sigma))/\sigma`
+       on the poly-7 grid from :math:`\sigma_i` to ``ode_sigma_min`` (0.01), no final denoising;
+    2. ``langevin_steps`` Langevin steps from :math:`\hat x_0` on
        :math:`U(x) = \lVert A(x) - y \rVert^2/\tau^2 + \lVert x - \hat x_0 \rVert^2/(2\sigma_i^2)`
-       (``operator.loss`` has no ½; ``prior_solver: gaussian``):
-       :math:`x \leftarrow x - \eta_i \nabla U(x) + \sqrt{2\eta_i}\, z`, with the step
-       :math:`\eta_i = \text{lr}\,(1 + \frac{i}{\text{steps}+1}(r - 1))`, ``r`` = ``lr_min_ratio``
-       (``get_lr`` with ratio ``step / num_steps``);
-    3. :math:`x_{t} = x_{0|y} + \sigma_{i+1} z` (after the last level, :math:`x_{0|y}`).
+       (``operator.loss`` has no ½):
+       :math:`x \leftarrow x - \eta_i \nabla U(x) + \sqrt{2\eta_i}\, z`,
+       :math:`\eta_i = \text{lr}\,(1 + \frac{i}{\text{steps}+1}(r - 1))`, ``r = lr_min_ratio``;
+    3. :math:`x = x_{0|y} + \sigma_{i+1} z` (after the last level, :math:`x_{0|y}`).
 
-    **Likelihood width.** :math:`\tau` = 0.01 whatever the measurement noise (the
-    configs pair it with ``sigma: 0.05``), so the data term is about 50x sharper than the
-    noise; ``noise_sigma`` does not enter the update.  With an operator of norm 1 (blurs,
-    masks) the Langevin step ``lr = 1e-4`` sits at the stability limit
-    :math:`\eta\, 2\lVert A\rVert^2/\tau^2 = 2` at the first levels, as in the official runs.
+    :math:`\tau` = 0.01 whatever the measurement noise: ``noise_sigma`` does not enter the
+    update.  ``lr`` and ``langevin_steps`` per task from :attr:`task_defaults` (the ``pixel:``
+    block of each task config); ``lr_min_ratio`` 0.01, 200 levels, 5 ODE and 100 Langevin steps.
 
-    **Per task**: ``lr`` and ``langevin_steps`` from :attr:`task_defaults` (the
-    ``pixel:`` block of each task config); ``lr_min_ratio = 0.01``, 200 levels, 5 ODE
-    steps, 100 Langevin steps.
+    Deviations from the official code:
 
-    Still different from the official code: its ADM network is queried through EDM's
-    ``VPPrecond`` at the continuous time :math:`999\, t(\sigma)` of the VP SDE
-    (:math:`\beta` 0.1 → 20); invsolve's VP wrapper interpolates the timestep in
-    :math:`\log\sigma` over the exact linear table: 0.6 (:math:`\sigma` = 1) to 3
-    (:math:`\sigma` = 100) timesteps apart, t = 0.9 vs 0 at :math:`\sigma` = 0.01.  Levels
-    outside the prior's range keep their sigma (a table prior clamps the timestep, as
-    ``VPPrecond`` extrapolates it).  The official Langevin chain returns zeros on a NaN;
-    here the solve stops with :class:`~invsolve.samplers.DivergenceError`.  For a linear
-    operator ``A^T y`` is computed once per solve and each Langevin step applies ``A^T A``
-    in one pass (``operator.normal``: two matrix products instead of four for a separable
-    reflect blur), the same update to float rounding.
+    * the official ADM is queried through EDM's ``VPPrecond`` at the continuous VP time
+      :math:`999\, t(\sigma)`; here the VP wrapper interpolates the timestep in
+      :math:`\log\sigma` over the exact table, and levels outside the prior's range keep their
+      sigma with the timestep clamped;
+    * a NaN stops the solve with :class:`~invsolve.samplers.DivergenceError` (the official
+      Langevin chain returns zeros);
+    * for a linear operator ``A^T y`` is computed once per solve and each Langevin step applies
+      ``A^T A`` in one pass (``operator.normal``): the same update to float rounding.
     """
 
     name = "daps"
@@ -87,7 +78,10 @@ class DAPS(Method):
     default_steps = 200
     summary = "DAPS: annealed Langevin on the decoupled posterior p(x0 | x_t, y)"
     task_defaults = DAPS_TASK_DEFAULTS
-    cost = "ode_steps NFE and langevin_steps operator gradients per level; no network backprop"
+    cost = (
+        "per level: ode_steps network calls (the x0 ODE) and langevin_steps operator gradients (A^T A in one "
+        "pass for linear operators, a VJP through A otherwise); no backprop through the network"
+    )
 
     sigma_max: float = 100.0
     sigma_min: float = 0.1

@@ -48,60 +48,54 @@ def time_travel_order(steps: int, length: int, repeat: int) -> list[int]:
 @register
 @dataclass
 class DDNM(Method):
-    r"""Denoising diffusion null-space model (Wang, Yu & Zhang, "Zero-Shot Image
+    r"""Denoising diffusion null-space model, DDNM and DDNM+ (Wang, Yu & Zhang, "Zero-Shot Image
     Restoration Using Denoising Diffusion Null-Space Model", ICLR 2023).
 
-    Official code: github.com/wyhuai/DDNM, its SVD-based path (``functions/svd_ddnm.py``:
-    ``ddnm_diffusion``, ``ddnm_plus_diffusion``; ``functions/svd_operators.py``: ``Lambda``,
-    ``Lambda_noise``; ``configs/*.yml``, ``main.py``).  Per step ``sigma -> sigma'`` with
-    ``D = D(x, sigma)`` and ``eps = (x - D) / sigma``:
+    Official code: wyhuai/DDNM, its SVD path (``functions/svd_ddnm.py``: ``ddnm_diffusion``,
+    ``ddnm_plus_diffusion``; ``functions/svd_operators.py``: ``Lambda``, ``Lambda_noise``;
+    ``configs/*.yml``, ``main.py``).  Per step ``sigma -> sigma'`` with ``D = D(x, sigma)`` and
+    ``eps = (x - D) / sigma``:
 
-    * Noiseless (DDNM): ``x0 = D - A^+ (A D - y)``, ``x' = x0 + sigma' (eta z + sqrt(1 - eta^2) eps)``.
-    * Noisy (DDNM+, when ``noise_sigma > 0``), per spectral coordinate of
-      ``A = U diag(s) V^T`` with ``rho_i = sigma_y / s_i`` (the noise of ``ybar_i = (U^T y)_i / s_i``):
+    * noiseless (DDNM): ``x0 = D - A^+ (A D - y)``, ``x' = x0 + sigma' (eta z + sqrt(1 - eta^2) eps)``;
+    * noisy (DDNM+, ``noise_sigma > 0``), per spectral coordinate of ``A = U diag(s) V^T`` with
+      ``rho_i = sigma_y / s_i`` (the noise of ``ybar_i = (U^T y)_i / s_i``):
 
-      - ``sigma' > rho_i``: ``lambda_i = 1`` and ``x'_i = ybar_i + sqrt(sigma'^2 - rho_i^2) z_i``;
-      - ``sigma' < rho_i``: ``lambda_i = sqrt(1 - eta^2) sigma' / rho_i`` and
+      - ``sigma' > rho_i``: ``x'_i = ybar_i + sqrt(sigma'^2 - rho_i^2) z_i``;
+      - ``sigma' < rho_i``: ``lambda_i = sqrt(1 - eta^2) sigma' / rho_i``,
         ``x'_i = D_i - lambda_i (D_i - ybar_i) + eta sigma' z_i``;
-      - null space (``s_i = 0``) and ``sigma' = rho_i`` exactly:
-        ``x'_i = x0_i + sigma' (eta z_i + sqrt(1 - eta^2) eps_i)``,
+      - null space and ``sigma' = rho_i`` exactly: ``x'_i = x0_i + sigma' (eta z_i + sqrt(1 - eta^2) eps_i)``,
 
-      i.e. ``x0 = D - V diag(lambda) V^T A^+ (A D - y)`` plus the noise of ``Lambda_noise``
-      (VP ``a = sqrt(abar_{t-1})``, ``sigma_t = sqrt(1 - abar_{t-1})`` divided out).  Without an
-      SVD the same rule with every nonzero singular value taken as 1 (the official
-      ``Denoising`` class; exact when ``A A^T = I``, e.g. masks, the setting of the official
-      no-SVD code): one ``lambda`` from ``rho = sigma_y``, range and null parts of the noise
-      split by ``P = A^+ A``.  For other operators ``A^+ n`` is stronger than ``sigma_y`` in
-      some directions (``1 / s``) and that noise stays in the result (reflect motion blur:
-      README, "Methods × tasks").
+      i.e. ``x0 = D - V diag(lambda) V^T A^+ (A D - y)`` plus the noise of ``Lambda_noise``.
+      At the last step (``sigma' = 0``) ``lambda = 0`` and the output is ``D``.
 
-    At the last step (``sigma' = 0``) the noisy rule has ``lambda = 0``: the output is ``D``.
-    Time travel (``travel_length``, ``travel_repeat``): the RePaint schedule of
-    :func:`time_travel_order`; a jump back to level ``sigma_b`` re-noises the last
-    denoised estimate, ``x = D_last + sigma_b z``, as the official code does (from
-    ``x0_preds[-1]``, before the range-null correction).
+    Time travel (``travel_length``, ``travel_repeat``) follows the RePaint schedule of
+    :func:`time_travel_order`; a jump back to ``sigma_b`` re-noises the last denoised estimate,
+    ``x = D_last + sigma_b z``, as the official code does from ``x0_preds[-1]``.  Official runs
+    (``configs/celeba_hq.yml``, ``imagenet_256.yml``): 100 steps on :func:`ddnm_timesteps`
+    (t = 990, …, 0; the EDM grid for priors without a table) and a last step to 0, no time
+    travel, ``eta`` 0.85, start ``x_T ~ N(0, I)`` in VP, ``x0`` not clamped.
 
-    As the official code runs it (``configs/celeba_hq.yml``, ``imagenet_256.yml``):
-    ``T_sampling: 100`` steps on the DDNM grid (t = 990, 980, …, 0, :func:`ddnm_timesteps`;
-    the EDM grid for priors without a table) and a last step to ``sigma = 0``,
-    ``travel_length: 1``, ``travel_repeat: 1`` (no time travel), ``--eta 0.85``, the start
-    ``x_T ~ N(0, I)`` in VP, no clamping of ``x0``.
+    Deviations from the official code:
 
-    Differences from the official code: ``noise_sigma`` is on the [-1, 1] scale (the
-    official ``--sigma_y`` is doubled from [0, 1]); in ``Lambda_noise`` some official
-    operator classes (super-resolution, deblurring, colourisation) scale ``eps`` in the
-    spectral domain without first applying ``V^T``, which scrambles the DDIM direction on
-    their null space; here ``eps`` is taken to spectral coordinates like every other
-    vector (for masks, the inpainting class, both are the same); the official no-SVD
-    ("simplified") path is not followed for noisy problems, as it computes
-    ``sigma_t = sqrt(1 - abar_{t-1}^2)`` and scales its noise by the product of two noise
-    levels (``gamma_t * c1``).  Needs ``A^+`` (the SVD where the operator has one); 1 NFE
-    per step (plus the redone steps of time travel), no network backprop.
+    * ``noise_sigma`` is on the [-1, 1] scale (the official ``--sigma_y`` is doubled from [0, 1]);
+    * ``Lambda_noise`` takes ``eps`` to spectral coordinates (``V^T eps``) like every other
+      vector; some official operator classes (super-resolution, deblurring, colourisation) skip
+      ``V^T`` there (for masks both are the same);
+    * without an SVD, noisy problems use the SVD rule with every nonzero singular value taken
+      as 1 (the official ``Denoising`` class; exact when ``A A^T = I``, e.g. masks): one
+      ``lambda`` from ``rho = sigma_y``, range and null parts split by ``P = A^+ A``.  The official
+      no-SVD ("simplified") path is not followed: it computes ``sigma_t = sqrt(1 - abar_{t-1}^2)``
+      and scales its noise by the product of two noise levels (``gamma_t * c1``).  For operators
+      with ``A A^T != I`` the noise of ``A^+ n`` (``1 / s`` in some directions) stays in the result.
     """
 
     name = "ddnm"
     needs = ("pinv", "pixel")
     default_steps = 100
+    cost = (
+        "1 network call and 1 application of A^+ (the SVD when noisy) per step, plus the redone steps of time"
+        " travel; no backprop"
+    )
     summary = "DDNM / DDNM+: range-null-space decomposition with A^+ (noisy variant when noise_sigma > 0)"
 
     eta: float = 0.85

@@ -16,44 +16,40 @@ from invsolve.schedules import strided_timesteps
 @register
 @dataclass
 class DDRM(Method):
-    r"""Denoising diffusion restoration models (Kawar, Elad, Ermon & Song, "Denoising
-    Diffusion Restoration Models", NeurIPS 2022).
+    r"""Denoising diffusion restoration models (Kawar, Elad, Ermon & Song, "Denoising Diffusion
+    Restoration Models", NeurIPS 2022).
 
-    Works in the spectral coordinates of ``H = U diag(s) V^T``: ``xbar = V^T x``,
-    ``x0bar = V^T D(x, sigma)``, ``ybar_i = (U^T y)_i / s_i`` whose noise has standard
-    deviation ``sigma_y / s_i``.  From ``sigma`` to ``sigma'`` each coordinate moves by
-    one of three rules (``z ~ N(0, 1)``, ``epsbar = (xbar - x0bar) / sigma``):
+    Official code: bahjat-kawar/ddrm (``functions/denoising.py``, ``efficient_generalized_steps``;
+    ``runners/diffusion.py``; ``main.py`` and the README's commands).
+
+    In the spectral coordinates of ``H = U diag(s) V^T`` (``xbar = V^T x``,
+    ``x0bar = V^T D(x, sigma)``, ``ybar_i = (U^T y)_i / s_i`` with noise ``sigma_y / s_i``,
+    ``epsbar = (xbar - x0bar) / sigma``), each coordinate moves from ``sigma`` to ``sigma'`` by
 
     * null space (``s_i = 0``): ``x0bar + sqrt(1 - eta^2) sigma' epsbar + eta sigma' z``;
-    * ``sigma' < sigma_y / s_i`` (the measurement is noisier than the level):
-      ``x0bar + sqrt(1 - eta^2) sigma' (ybar - x0bar) / (sigma_y / s_i) + eta sigma' z``;
+    * ``sigma' < sigma_y / s_i``: ``x0bar + sqrt(1 - eta^2) sigma' (ybar - x0bar) / (sigma_y / s_i) + eta sigma' z``;
     * ``sigma' > sigma_y / s_i``: ``(1 - eta_b) x0bar + eta_b ybar + sqrt(sigma'^2 - eta_b^2 sigma_y^2 / s_i^2) z``.
 
-    The comparisons are strict, as in the official code: a coordinate with
-    ``sigma' = sigma_y / s_i`` exactly, and every coordinate of a noiseless problem at the
-    last step (``sigma' = 0 = sigma_y``), takes the null-space rule.
+    The comparisons are strict, as in the official code: ``sigma' = sigma_y / s_i`` exactly, and
+    every coordinate of a noiseless problem at the last step, take the null-space rule.
+    Start: ``ybar + sqrt(sigma_T^2 - sigma_y^2 / s_i^2) z`` where ``s_i sigma_T > sigma_y``,
+    ``sigma_T z`` elsewhere, times ``sqrt(1 + sigma_T^2) / sigma_T`` (the official VP start in VE).
 
-    Official code: github.com/bahjat-kawar/ddrm (``functions/denoising.py``,
-    ``efficient_generalized_steps``; ``runners/diffusion.py``; ``main.py`` and the README's
-    commands).  As it runs: 20 steps on the strided DDPM timesteps ``range(0, T, T // 20)``
-    (t = 950, 900, …, 0) of the prior's table (the EDM grid for priors without one), the
-    last step to ``abar = 1`` (``sigma' = 0``) returning the spectral combination of
-    ``x0`` and ``y``; ``eta = 0.85`` (``--eta``, which sets both ``etaA`` and ``etaC``) and
-    ``eta_b = 1`` (``--etaB``); no clamping of ``x0`` (only of the saved image).  Start:
-    ``x_T`` is ``(ybar + sqrt(sigma_T^2 - sigma_y^2 / s_i^2) z) / sigma_T`` in VP where
-    ``s_i sigma_T > sigma_y``, ``z`` elsewhere; in VE that is ``sqrt(1 + sigma_T^2) / sigma_T``
-    times the VE form ``ybar + sqrt(...) z`` (``sigma_T z``), a factor ``1 + 5e-5`` at
-    t = 950 on the linear table (1 for priors without a table).  Singular values below
+    Official runs: 20 steps on ``range(0, T, T // 20)`` (t = 950, …, 0; the EDM grid for priors
+    without a table), the last step to ``sigma' = 0``; ``eta`` 0.85 (``--eta``, both ``etaA`` and
+    ``etaC``), ``eta_b`` 1 (``--etaB``); ``x0`` not clamped.  Singular values below
     ``1e-6 max(s)`` count as null space (the operator's SVD decides any truncation).
 
-    Noise scale: the official ``--sigma_0`` is on the [0, 1] scale and doubled for
-    images in [-1, 1]; ``noise_sigma`` here already is on the [-1, 1] scale and enters
-    as is.  Needs the operator's SVD; 1 NFE per step, no network backprop.
+    Deviations from the official code:
+
+    * ``noise_sigma`` is on the [-1, 1] scale and enters as is (the official ``--sigma_0`` is on
+      [0, 1] and doubled).
     """
 
     name = "ddrm"
     needs = ("svd", "pixel")
     default_steps = 20
+    cost = "1 network call and 1 operator SVD apply (V^T, V) per step; no backprop"
     summary = "DDRM: per-singular-value denoising in the operator's spectral basis"
 
     eta: float = 0.85

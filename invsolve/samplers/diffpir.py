@@ -69,14 +69,15 @@ def gradient_data_step(operator: Any, x0: Tensor, y: Tensor, rho: float) -> Tens
 @register
 @dataclass
 class DiffPIR(Method):
-    r"""DiffPIR (Zhu et al., "Denoising Diffusion Models for Plug-and-Play Image
-    Restoration", CVPR Workshops 2023), as its scripts run it (yuanzhi-zhu/DiffPIR,
-    ``main_ddpir_deblur.py``, ``main_ddpir_sisr.py``, ``main_ddpir_inpainting.py``).
+    r"""DiffPIR (Zhu et al., "Denoising Diffusion Models for Plug-and-Play Image Restoration",
+    CVPR Workshops 2023).
 
-    Half-quadratic splitting inside the reverse diffusion.  Levels: the "quad" timesteps
-    of the prior's table (:func:`quad_timesteps`; the EDM grid for priors without one),
-    ``steps`` = NFE.  At each level but the last, with :math:`D` clamped to [-1, 1]
-    (the scripts' ``clip_denoised=True``):
+    Official code: yuanzhi-zhu/DiffPIR (``main_ddpir_deblur.py``, ``main_ddpir_sisr.py``,
+    ``main_ddpir_inpainting.py``).
+
+    Half-quadratic splitting inside the reverse diffusion, on the "quad" timesteps of the
+    prior's table (:func:`quad_timesteps`; the EDM grid for priors without one).  At each level
+    but the last, with :math:`D` clamped to [-1, 1] (the scripts' ``clip_denoised=True``):
 
     .. math::
         x_0 &= D(x_t, \sigma_t), \\
@@ -85,44 +86,39 @@ class DiffPIR(Method):
         \hat\epsilon &= (x_t - \hat x_0) / \sigma_t, \qquad
         x_{t-1} = \hat x_0 + \sigma_{t-1} \bigl(\sqrt{1-\zeta}\,\hat\epsilon + \sqrt{\zeta}\, z\bigr).
 
-    At the last level (timestep 0) the scripts call the network, discard its output and
-    return :math:`x` as it is; here the discarded call is skipped (``steps - 1`` NFE) and
-    the callback reports that level with ``denoised = x``.  Start (VE form of the
-    scripts' ``x``): ``sqrt(1 + s_y^2) y + sqrt(sigma_T^2 - s_y^2) z`` when ``y`` has the
-    image's shape (deblurring, inpainting; ``s_y`` the table level nearest to
-    ``noise_sigma``), the bicubic upsampling of ``y`` plus ``sigma_T z`` for a smaller
-    image (super-resolution), ``sigma_T z`` otherwise.
+    The data step is ``operator.prox`` (the scripts' closed forms: FFT for circular blurs and
+    blur-and-decimate SR, the mask formula for inpainting; here also the SVD or conjugate
+    gradients).  :math:`\sigma_n = \max(\text{noise\_sigma}/2, 0.001)`: the scripts' noise is on
+    [0, 1] (``noise_level_img = 12.75 / 255``), so ``lam`` keeps its published meaning.  Start
+    (VE form of the scripts'): ``sqrt(1 + s_y^2) y + sqrt(sigma_T^2 - s_y^2) z`` when ``y`` has
+    the image's shape (``s_y`` the table level nearest to ``noise_sigma``), the bicubic
+    upsampling of ``y`` plus ``sigma_T z`` for a smaller image (SR), ``sigma_T z`` otherwise.
+    ``lam`` / ``zeta`` per task from :attr:`task_defaults`; 100 steps (the deblurring and SR
+    scripts; the inpainting script runs 20: pass ``steps=20``).
 
-    The data step uses ``operator.prox`` (the scripts' closed forms: FFT for circular
-    blurs and blur-and-decimate SR, the mask formula for inpainting; here also the SVD or
-    conjugate gradients for reflect boundaries).  An operator without a prox gets one
-    gradient step through ``A`` with the exact line search of the linearised objective,
-    :math:`\hat x_0 = x_0 - \frac{\lVert g\rVert^2}{\lVert J_A g\rVert^2 + \rho_t \lVert g\rVert^2}\, g`,
-    :math:`g = J_A^T (A(x_0) - y)`: the scripts' first-order option
-    (``sub_1_analytic=False``, step :math:`1/\rho_t`) diverges once
-    :math:`\rho_t < \lVert J_A\rVert^2` and none of them runs it by default.
+    Deviations from the official scripts:
 
-    **Noise scale.** The scripts' :math:`\sigma_n` is on the [0, 1] scale (their
-    ``noise_level_img = 12.75 / 255`` is 0.1 on [-1, 1]) and floored at 0.001;
-    ``noise_sigma`` is on [-1, 1], so :math:`\sigma_n = \max(\text{noise\_sigma}/2, 0.001)`
-    and ``lam`` keeps its published meaning (:math:`\lambda = 4` is Gaussian conditioning).
-
-    **Defaults** (``lam`` / ``zeta``, :attr:`task_defaults`): blur
-    7 / 0.3 (``main_ddpir_deblur.py``), inpainting 1 / 1 (``main_ddpir_inpainting.py``),
-    super-resolution ``zeta = 0.25`` with ``lam = 4``: ``main_ddpir_sisr.py`` sweeps
-    ``lam = 2 ... 12`` and the paper keeps the best per dataset (its appendix B, not in
-    the repository); 4 is the best of that sweep on ``natural-64``'s tuning crops
-    (27.23 dB, 64 px, the sweep spans 26.98-27.23 dB; README).  Other operators get the deblurring values.  100 steps (the deblurring and
-    SR scripts; the inpainting script runs 20: pass ``steps=20``).
-
-    Still different from the scripts: their network sees integer timesteps found by
-    nearest sigma, identical on the table grid used here; the SR script's kernel
-    (``kernels_bicubicx234.mat``) and circular boundaries are the operator's business.
+    * the last level (timestep 0) skips the network call whose output the scripts discard
+      (``steps - 1`` NFE); the callback reports it with ``denoised = x``;
+    * an operator without a prox gets one gradient step with the exact line search of the
+      linearised objective, :math:`\hat x_0 = x_0 - \frac{\lVert g\rVert^2}{\lVert J_A g\rVert^2
+      + \rho_t \lVert g\rVert^2}\, g`, :math:`g = J_A^T (A(x_0) - y)`; the scripts' first-order
+      option (``sub_1_analytic=False``, step :math:`1/\rho_t`) diverges once
+      :math:`\rho_t < \lVert J_A\rVert^2` and none of them runs it by default;
+    * super-resolution uses ``lam = 4``: ``main_ddpir_sisr.py`` sweeps ``lam = 2 ... 12`` and the
+      paper keeps the best per dataset (its appendix B); the value is chosen on our tuning crops
+      (docs notes).  Operators outside the table get the deblurring values;
+    * the SR script's kernel (``kernels_bicubicx234.mat``) and circular boundaries are the
+      operator's business; its integer timesteps found by nearest sigma are the table grid here.
     """
 
     name = "diffpir"
     needs = ("prox|vjp", "pixel")
     default_steps = 100
+    cost = (
+        "1 network call and 1 operator prox (closed form, SVD or CG) per level, none at the last level; no "
+        "backprop through the network"
+    )
     summary = "DiffPIR: half-quadratic splitting with a closed-form prox (or one gradient step) per level"
     clips_denoised = True
 

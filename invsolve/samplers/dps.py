@@ -96,43 +96,38 @@ def dps_step(
 @register
 @dataclass
 class DPS(Method):
-    r"""Diffusion posterior sampling (Chung, Kim, Mccann, Klasky & Ye, "Diffusion Posterior
-    Sampling for General Noisy Inverse Problems", ICLR 2023).
+    r"""Diffusion posterior sampling (Chung, Kim, Mccann, Klasky & Ye, "Diffusion Posterior Sampling
+    for General Noisy Inverse Problems", ICLR 2023).
 
-    Official code: github.com/DPS2022/diffusion-posterior-sampling
-    (``guided_diffusion/gaussian_diffusion.py``, ``condition_methods.py``, ``configs/``).
-    With ``x0 = D(x_i, sigma_i)`` the likelihood ``p(y | x_i)`` is approximated by
-    ``p(y | x0)``; each step takes the unconditional ancestral step ``x'`` and corrects
-    it by the gradient of the residual *norm*:
+    Official code: DPS2022/diffusion-posterior-sampling (``guided_diffusion/gaussian_diffusion.py``,
+    ``guided_diffusion/condition_methods.py``, ``configs/``).  With ``x0 = D(x_i, sigma_i)``, the
+    unconditional ancestral step ``x'`` is corrected by the gradient of the residual *norm*:
 
     .. math::
         x_{i-1} = x' - \zeta \sqrt{(1+\sigma_i^2)(1+\sigma_{i-1}^2)}\,
         \nabla_{x_i} \lVert y - A(D(x_i, \sigma_i)) \rVert_2 .
 
-    The square-root factor converts the official VP step ``zeta`` (applied to ``x_vp``)
-    to the VE convention, so ``step_size`` keeps the official values, per task from the
-    task configs (:attr:`task_defaults`; 0.3, the blur and SR value, for other tasks).
+    The square-root factor converts the official VP step ``zeta`` to VE, so ``step_size`` keeps
+    the official values, per task from the task configs (:attr:`task_defaults`; 0.3 otherwise).
+    Official runs (``configs/diffusion_config.yaml``): all 1000 timesteps of the prior's table
+    (the EDM grid for priors without one), start ``x_T ~ N(0, I)`` in VP, ``x0`` clamped to the
+    prior's ``data_range``, the DDPM ``p_sample`` step (mean ``x0 + (sigma'^2/sigma^2)(x - x0)``,
+    the network's learned-range variance when the prior has one, else fixed-small); the last
+    step adds no noise and returns ``x0`` minus the last gradient step.  ``noise_sigma`` does
+    not enter the update.
 
-    As the official code runs it (``configs/diffusion_config.yaml``): all 1000 DDPM
-    timesteps of the prior's table (``timestep_respacing: 1000``; the EDM grid for priors
-    without a table), the start ``x_T ~ N(0, I)`` in VP (``sqrt(1 + sigma_T^2) z`` in VE),
-    ``clip_denoised: True`` (``x0`` clamped to the prior's ``data_range``), the DDPM
-    ``p_sample`` step: mean ``x0 + (sigma'^2/sigma^2)(x - x0)`` and the network's
-    learned-range variance (``model_var_type: learned_range``) when the prior has one
-    (``learned_variance``, ADM checkpoints), else the fixed-small variance; the last step
-    (``t = 0``) adds no noise and returns ``x0`` minus the last gradient step.
+    Deviations from the official code:
 
-    Differences from the official code: the residual norm is taken per sample, so
-    batched samples are independent (the official norm spans the batch; the same for
-    its batch size 1); ``eta`` other than 1 swaps the DDPM step for a VE DDIM step (the
-    official code also has a DDIM sampler, unused by its configs).  ``noise_sigma`` (on the
-    [-1, 1] scale) does not enter the update.  Cost per step: 1 NFE and one backprop
-    through the network.
+    * the residual norm is taken per sample, so batched samples are independent (the official
+      norm spans the batch; the same at its batch size 1);
+    * ``eta`` other than 1 swaps the DDPM step for a VE DDIM step (the official code has a DDIM
+      sampler, unused by its configs).
     """
 
     name = "dps"
     needs = ("vjp", "pixel")
     default_steps = 1000
+    cost = "1 network call and 1 backprop through the network and the operator per step"
     summary = "diffusion posterior sampling (gradient of the residual norm through the denoiser)"
     clips_denoised = True
 

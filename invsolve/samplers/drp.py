@@ -59,44 +59,48 @@ def initial_estimate(operator: Any, y: Tensor) -> Tensor:
 @register
 @dataclass
 class DRP(Method):
-    r"""DRP (Hu, Delbracio, Milanfar and Kamilov, "A Restoration Network as an Implicit Prior",
-    ICLR 2024; official code ``wustl-cig/DRP``).
+    r"""DRP (Hu, Delbracio, Milanfar & Kamilov, "A Restoration Network as an Implicit Prior",
+    ICLR 2024).
 
-    A restorer ``R`` trained to invert a degradation ``H`` (here: the prior's
-    ``degradation``, e.g. x2 bicubic SR) defines the prior through ``x \mapsto R(H x)``.
-    Each iteration (the official ``main`` loops):
+    Official code: wustl-cig/DRP (the ``main`` loops of its scripts, ``utils/utils_conj.py``).
+
+    A restorer ``R`` trained to invert a degradation ``H`` (the prior's ``degradation``, e.g. x2
+    bicubic SR) defines the prior through ``x -> R(H x)``.  Each iteration:
 
     .. math::
-        x_R &= R(H x), \qquad z = \tau x_R + (1 - \tau) x
-              \quad(= x - \tau (x - R(H x))), \\
+        x_R &= R(H x), \qquad z = \tau x_R + (1 - \tau) x, \\
         x &\leftarrow \arg\min_u \tfrac12\lVert y - A u\rVert^2 + \tfrac{\rho}{2}\lVert H (u - z)\rVert^2,
         \quad (A^\top A + \rho H^\top H)\, u = A^\top y + \rho H^\top H z,
 
-    the ``sprox`` weighted by ``H^T H``, solved by ``cg_iterations`` (3) conjugate-gradient steps
-    warm-started at ``z`` (official ``utils/utils_conj.py``), or by ``operator.prox(z, y, rho)``
-    when ``H`` is the identity (a denoising restorer; closed form for masks and circular blurs).
-    The result is the last restorer output ``x_R`` (the official ``img_E``).
+    solved by ``cg_iterations`` (3) conjugate-gradient steps warm-started at ``z``, or by
+    ``operator.prox(z, y, rho)`` when ``H`` is the identity.  The result is the last ``x_R``
+    (the official ``img_E``).  ``rho = lam * f_H^2 / f_A^2`` (``f`` the SR factors, 1 for other
+    operators) with ``lam`` the official value (0.04 deblurring and denoising, 0.05 SR); both
+    terms are quadratic, so ``rho`` is the same on [-1, 1] as on the official [0, 1].
+    ``relaxation`` (tau) 0.1, then ``final_relaxation`` 0.05 for the last ``final_iterations``
+    (deblurring: 5 of 35; SR: 11 of 30); denoising 0.02 throughout; per operator family from
+    :attr:`task_defaults`.  Prior refinement (the paper's section 4): a second restorer given
+    as ``refinement`` (a restorer prior, or a name / folder for ``priors.load_prior``) replaces
+    ``R`` for the last ``final_iterations``, as the official scripts switch from their x3 to
+    their x2 SwinIR (x4 to x3 for SR x3).  ``steps`` = iterations, 35 (the deblurring script;
+    the SR scripts run 30).
 
-    **Weights.** ``lam`` is the official value (0.04 deblurring and denoising, 0.05 SR).  The
-    official code uses bicubic *upsampling* as ``H^T`` and, for SR, as ``A^T``: ``factor^2`` times
-    the exact adjoints used here, so ``rho = lam * f_H^2 / f_A^2`` (``f`` the SR factors, 1 for
-    other operators).  The official scripts work on [0, 1] images; both terms are quadratic, so
-    ``rho`` is the same on [-1, 1].
+    Deviations from the official code:
 
-    **Schedule.** ``relaxation`` (tau) 0.1, then ``final_relaxation`` 0.05 for the last
-    ``final_iterations`` (deblurring: 5 of 35; SR: 11 of the scripts' 30); denoising 0.02 throughout.
-    Per operator family from :attr:`task_defaults` (deblurring values for other families).
-    **Prior refinement** (the paper's section 4): where a second restorer is given as
-    ``refinement`` (a restorer prior, or a bundled name / folder for ``priors.load_prior``), it
-    replaces ``R`` for the last ``final_iterations``, as the official scripts switch from their x3
-    to their x2 SwinIR (x4 to x3 for SR x3; the SR scripts switch the restorer one iteration after
-    tau).  ``steps`` = iterations, default 35 (the deblurring script; the SR scripts run 30).
-    One restorer call and ``cg_iterations`` applications of ``A^T A`` and ``H^T H`` per iteration.
+    * exact adjoints: the official code uses bicubic *upsampling* as ``H^T`` and, for SR, as
+      ``A^T`` (``factor^2`` times the adjoint), which the ``f_H^2 / f_A^2`` factor in ``rho``
+      absorbs;
+    * the SR scripts switch the restorer one iteration after tau; here both switch at the
+      start of the last ``final_iterations``.
     """
 
     name = "drp"
     needs = ("adjoint", "restorer")
     default_steps = 35
+    cost = (
+        "1 restorer call and cg_iterations conjugate-gradient steps (one A^T A and one H^T H each) per "
+        "iteration; no backprop"
+    )
     summary = "DRP: a restoration network R as implicit prior, x <- sprox(x - tau (x - R(H x))) (needs a restorer prior)"
 
     task_defaults = DRP_TASK_DEFAULTS

@@ -45,73 +45,53 @@ def kalman_increment(x: Tensor, predicted: Tensor, y: Tensor, eta: float) -> Ten
 @register
 @dataclass
 class EnKG(Method):
-    r"""Ensemble Kalman diffusion guidance (Zheng et al., "Ensemble Kalman Diffusion
-    Guidance: A Derivative-free Method for Inverse Problems", arXiv:2409.20175, 2024).
+    r"""Ensemble Kalman diffusion guidance (Zheng et al., "Ensemble Kalman Diffusion Guidance: A
+    Derivative-free Method for Inverse Problems", arXiv:2409.20175, 2024).
 
-    Needs only forward evaluations of the operator ``G``: no gradient, adjoint or
-    pseudo-inverse, and no backpropagation through the network, so it accepts
-    black-box simulators (:class:`operators.BlackBox`).
+    Official code: devzhk/enkg-pytorch (``algo/enkg.py``; ``scripts/ffhq.sh`` over
+    ``configs/algorithm/enkg.yaml``).  Needs only forward evaluations of the operator ``G`` (no
+    gradient, adjoint, pseudo-inverse or network backprop), so it accepts black-box simulators
+    (:class:`operators.BlackBox`).
 
-    An ensemble of ``J`` particles ``x^j`` starts from ``N(0, sigma_max^2 I)`` and
-    follows the probability-flow ODE ``dx/dsigma = (x - D(x, sigma)) / sigma`` on
-    the EDM grid (Karras et al. 2022; ``sigma_max`` 80 → ``sigma_min`` 0.002, ``rho``
-    7, then 0), one Euler step per level.  The levels are not clipped to the prior's
-    range: a table prior (DDPM / ADM) clamps the timestep at the table's end and keeps
-    the requested sigma, as the official code queries its ADM through EDM's ``VPPrecond``
-    at any sigma.  Before the Euler step of each guided level ``i`` (all but the first
-    and last ``skip_fraction`` of the ``N`` steps), the ensemble is corrected ``updates``
-    (``U``) times:
+    An ensemble of ``J`` particles starts from ``N(0, sigma_max^2 I)`` and follows the
+    probability-flow ODE ``dx/dsigma = (x - D(x, sigma)) / sigma`` on the EDM grid
+    (``sigma_max`` 80 → ``sigma_min`` 0.002, ``rho`` 7, then 0), one Euler step per level.
+    Before the Euler step of each guided level ``i`` (all but the first and last
+    ``skip_fraction`` of the ``N`` steps) the ensemble is corrected ``updates`` (``U``) times:
 
-    1. ``x0^j`` = the end of a short probability-flow ODE solve from ``x^j`` at
-       ``sigma_i``: ``K_i = min(1 + (N - i) // ode_step_divisor, max_ode_steps)``
-       Euler steps on an EDM grid from ``sigma_i`` down to ``sigma_min`` and to 0
-       (``K_i = 1`` is the plain denoiser ``D(x^j, sigma_i)``);
-    2. ``y^j = G(x0^j)``, ``e^j = y^j - y``;
-    3. ``M_jk = <e^j, y^k - ybar> / J``, ``Delta^j = sum_k M_jk (x^k - xbar)``;
-    4. ``x^j <- x^j - (eta_i / ||M||_F) Delta^j``, with ``eta_i = eta`` (``lr_min_ratio = 0``,
-       the official image runs) or ``eta (1 - r) (N - i) / N + r`` for ``r = lr_min_ratio > 0``
-       (``get_lr`` of ``algo/enkg.py``).
+    1. ``x0^j``: ``K_i = min(1 + (N - i) // ode_step_divisor, max_ode_steps)`` Euler steps of the
+       probability-flow ODE from ``x^j`` at ``sigma_i`` down to ``sigma_min`` and 0
+       (``K_i = 1``: ``D(x^j, sigma_i)``);
+    2. ``e^j = G(x0^j) - y``, ``M_jk = <e^j, G(x0^k) - mean_k G(x0^k)> / J``,
+       ``Delta^j = sum_k M_jk (x^k - xbar)``;
+    3. ``x^j <- x^j - (eta_i / ||M||_F) Delta^j`` with ``eta_i = eta`` (``lr_min_ratio = 0``) or
+       ``eta (1 - r) (N - i) / N + r`` for ``r = lr_min_ratio > 0`` (``get_lr``).
 
-    The measurement noise level does not enter the update (the step is normalised
-    by ``||M||_F``); ``noise_sigma`` is on the [-1, 1] scale like the paper's.
-    Because the normalised step does not shrink as the data are fitted, EnKG acts
-    as an ensemble-preconditioned optimiser of ``||G(x0) - y||^2`` more than as a
-    calibrated sampler: the ensemble contracts and cannot reweight well-separated
-    modes (on the Gaussian-mixture posterior benchmark it ends at 10–65 % of the
-    prior's sliced Wasserstein distance to the exact posterior, worst with one
-    measurement, where many modes stay plausible).
+    ``noise_sigma`` does not enter the update (the step is normalised by ``||M||_F``).  Every
+    distinct measurement gets its own ensemble of ``max(ensemble_size, copies)`` particles
+    (``copies``: how often it occurs among the rows, ``num_samples`` under :func:`invsolve.solve`),
+    and its rows receive the ensemble's first particles, so ``num_samples = J`` with
+    ``ensemble_size = J`` returns a whole ensemble; samples of one ensemble are exchangeable,
+    not independent.  :class:`invsolve.Result` reports NFE and operator calls per returned
+    sample (the ensemble's over ``num_samples``).  ``batch_size`` chunks the particles for
+    memory without changing the result.  Defaults are the official image runs: ``J`` 1024,
+    ``U`` 2, ``eta`` 2, ``lr_min_ratio`` 0, 80 steps, ``skip_fraction`` 0.05
+    (``threshold_start = threshold_end``), x0 predictor ``min(1 + (N - i) // 4, 20)`` steps.
 
-    Ensembles and samples: every distinct measurement (row of ``y``) gets its own
-    ensemble of ``max(ensemble_size, copies)`` particles, where ``copies`` is how
-    often that measurement occurs among the problem's rows (``num_samples`` under
-    :func:`invsolve.solve`); the ``copies`` rows receive that ensemble's first
-    particles.  So ``solve(..., num_samples=J, ensemble_size=J)`` returns a whole
-    ensemble, and ``num_samples=1`` returns one particle of a ``J``-particle
-    ensemble.  The particles interact through the update, so samples of one
-    ensemble are exchangeable but not independent.
+    Deviations from the official code:
 
-    Cost per particle: 1 NFE per unguided step, ``U K_i + 1`` NFE and ``U`` operator
-    calls per guided step (1,588 NFE and 142 operator calls at the defaults: 71 guided levels);
-    :class:`invsolve.Result` reports these per returned sample, i.e. multiplied by
-    the ensemble size over ``num_samples``.  Network and operator are evaluated in
-    chunks of ``batch_size`` particles (``None``: all at once), which bounds memory
-    without changing the result.  Defaults are the official image runs
-    (devzhk/enkg-pytorch ``scripts/ffhq.sh`` over ``configs/algorithm/enkg.yaml``, code in
-    ``algo/enkg.py``): ``J`` = 1024, ``U`` = 2, ``eta`` = 2, ``lr_min_ratio`` = 0, 80 steps,
-    ``threshold_start = threshold_end = 0.05`` (``skip_fraction``), sigma 80 → 0.002,
-    ``rho`` = 7, x0 predictor ``min(1 + (N - i) // 4, 20)`` Euler steps down to 0.002.
-
-    Still different from the official code: its ADM is queried at the continuous VP time
-    ``999 t(sigma)`` (EDM's ``VPPrecond``), here the timestep is interpolated in ``log sigma``
-    over the exact table and clamped at its ends (below sigma 0.01 the official network
-    sees t < 1, invsolve's t = 0); the official ensemble is one measurement's particles,
-    here every distinct measurement gets its own (see above); its x0 predictor ends at a
-    fixed 0.002, here at ``sigma_min`` (0.002 by default).
+    * the official ADM is queried at the continuous VP time ``999 t(sigma)`` (EDM's
+      ``VPPrecond``); here the timestep is interpolated in ``log sigma`` over the exact table and
+      clamped at its ends (levels keep their sigma; below sigma 0.01 the official network sees
+      t < 1, invsolve's t = 0);
+    * the official ensemble serves one measurement; here every distinct measurement gets its own;
+    * the x0 predictor ends at ``sigma_min`` (0.002 by default), not a fixed 0.002.
     """
 
     name = "enkg"
     needs = ("forward", "pixel")
     default_steps = 80
+    cost = "per particle: 1 network call per unguided level; per guided level U (updates) x0 predictions of K_i network calls (the inner ODE) and U operator calls, plus the Euler step's call; no gradients"
     summary = "ensemble Kalman guidance (derivative-free: forward evaluations of the operator only)"
 
     ensemble_size: int = 1024

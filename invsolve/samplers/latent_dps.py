@@ -25,14 +25,14 @@ LATENT_DPS_LDM_TASK_DEFAULTS = _omega_only(PSLD_LDM_TASK_DEFAULTS)
 @register
 @dataclass
 class LatentDPS(Method):
-    r"""DPS in the latent space of a latent diffusion model: the "Latent-DPS" baseline of
-    Rout et al. (PSLD, NeurIPS 2023) and Song et al. (ReSample, ICLR 2024).
+    r"""DPS in the latent space of a latent diffusion model: the "Latent-DPS" baseline of Rout et al.
+    (PSLD, NeurIPS 2023) and Song et al. (ReSample, ICLR 2024).
 
-    Neither repository has a separate latent-DPS script; the one latent DPS they can run is
-    LituRout/PSLD's sampler (``stable-diffusion/ldm/models/diffusion/psld.py``) without its
-    gluing term, which is what this is (:func:`~invsolve.samplers.psld.psld_sampling` with
-    ``gamma = 0``; ReSample's ``ldm_inverse/condition_methods.py`` only supplies the DPS step
-    inside ReSample).  With ``z0 = z - sigma eps`` and decoder ``G``:
+    Official code: neither repository has a separate latent-DPS script; this is LituRout/PSLD's
+    sampler (``stable-diffusion/ldm/models/diffusion/psld.py``) without its gluing term
+    (:func:`~invsolve.samplers.psld.psld_sampling` with ``gamma = 0``; ReSample's
+    ``ldm_inverse/condition_methods.py`` only supplies the DPS step inside ReSample).  With
+    ``z0 = z - sigma eps`` and decoder ``G``:
 
     .. math::
         z' = \mathrm{DDIM}_\eta(z_0, \epsilon) - \omega \sqrt{(1+\sigma^2)(1+\sigma'^2)}\,
@@ -41,13 +41,13 @@ class LatentDPS(Method):
     per-sample norms, ``n`` fresh noise when ``residual_noise`` (the code's ``noiser``).
     Defaults as PSLD's run scripts: 1000 CompVis DDIM steps, ``eta = 0``, ``omega`` from
     :func:`~invsolve.samplers.psld.table_for_model` (Stable Diffusion 1, box inpainting 0.1;
-    other LDMs 0.1, super-resolution 0.9).  The result is the decoded last state.  Cost per
-    step: 1 NFE, one decoder pass and one backprop through decoder and network.
+    other LDMs 0.1, super-resolution 0.9).  The result is the decoded last state.
     """
 
     name = "latent_dps"
     needs = ("vjp", "latent")
     default_steps = 1000
+    cost = "1 network call, 1 decoder pass and 1 backprop through decoder and network per step"
     summary = "DPS through the decoder of a latent diffusion prior (PSLD's sampler without gluing)"
 
     task_defaults = LATENT_DPS_SD_TASK_DEFAULTS

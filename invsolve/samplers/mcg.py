@@ -35,50 +35,43 @@ def noised_measurement(problem: Problem, sigma: float, sigma_next: float) -> Ten
 @register
 @dataclass
 class MCG(Method):
-    r"""Manifold constrained gradients (Chung, Sim, Ryu & Ye, "Improving Diffusion Models
-    for Inverse Problems using Manifold Constraints", NeurIPS 2022).
+    r"""Manifold constrained gradients (Chung, Sim, Ryu & Ye, "Improving Diffusion Models for Inverse
+    Problems using Manifold Constraints", NeurIPS 2022).
 
-    Official code: github.com/HJ-harry/MCG_diffusion (``guided_diffusion/gaussian_diffusion.py``,
+    Official code: HJ-harry/MCG_diffusion (``guided_diffusion/gaussian_diffusion.py``,
     ``p_sample_loop_progressive`` with ``sample_method="MCG"``; ``run_inpainting.sh``,
-    ``scripts/sample_inpainting.py``).  Per step ``sigma -> sigma'``, with ``x0 = D(x, sigma)``
-    clamped: the DDPM ancestral step ``x'`` (as in DPS, :func:`~invsolve.samplers.dps.dps_step`,
-    with the network's learned variance when the prior has one), minus the gradient of the
-    residual norm (the manifold constraint), then the projection onto the noised
-    measurement set:
+    ``scripts/sample_inpainting.py``).  Per step ``sigma -> sigma'`` with ``x0 = D(x, sigma)``
+    clamped: the DDPM ancestral step ``x'`` (as DPS, :func:`~invsolve.samplers.dps.dps_step`),
+    the gradient of the residual norm (the manifold constraint), then the projection onto the
+    noised measurement set:
 
     .. math::
         x'' = x' - \alpha \sqrt{(1+\sigma^2)(1+\sigma'^2)}\, \nabla_x \lVert W (y - A x_0) \rVert_2,
         \qquad x_{new} = x'' - A^+ (A x'' - y'),
 
-    with ``y'`` of :func:`noised_measurement` (the measurement noised to the *current*
-    level ``sigma``, as the official ``q_sample(cond, t)``).  For inpainting ``A^+ A`` is
-    the mask and this is the official ``x'' (1 - m) + q_sample(y, t) m``; its masking of
-    the gradient by ``1 - m`` is implied, the projection replacing the measured part.  The
-    square-root factor converts the official VP step (``alpha = 1``: the gradient is
-    subtracted unscaled, ``th.norm`` not squared) to VE.  ``weighting`` is ``W`` (a
-    function on measurements; identity when ``None``, as in the official code).
+    with ``y'`` the measurement noised to the *current* level ``sigma``
+    (:func:`noised_measurement`, the official ``q_sample(cond, t)``).  For inpainting this is the
+    official ``x'' (1 - m) + q_sample(y, t) m``.  The square-root factor converts the official
+    VP step (``alpha = 1``, ``th.norm`` not squared) to VE; ``weighting`` is ``W`` (identity when
+    ``None``, as in the official code).  Official runs: all 1000 timesteps (the EDM grid for
+    priors without a table), ``x_T ~ N(0, I)`` in VP, ``clip_denoised=True``, learned-range
+    variance.  The last step projects onto ``q_sample(y, 0)``, which leaves ``sigma_0`` (0.01 on
+    the linear table) of noise on the measured part.  Nothing depends on ``noise_sigma``: with
+    noise, the samples carry it in the range of ``A`` amplified by ``A^+``, so MCG is a method for
+    noiseless measurements (as the official experiments).
 
-    As the official code runs it: all 1000 DDPM timesteps (``--timestep_respacing 1000``;
-    the EDM grid for priors without a table), ``x_T ~ N(0, I)`` in VP, ``clip_denoised=True``,
-    the learned-range variance of its ``learn_sigma`` model.  The last step projects onto
-    ``q_sample(y, 0)``, which leaves ``sigma_0`` (0.01 on the linear table) of noise on the
-    measured part.
+    Deviations from the official code (inpainting only):
 
-    Measurement noise: as in the official code, nothing depends on ``noise_sigma``; the
-    projection puts ``y`` with its noise back into the range of ``A`` at every step (the
-    official experiments are noiseless).  With ``noise_sigma > 0`` the samples carry the
-    full measurement noise in the range of ``A``, amplified by ``A^+`` where ``A`` has small
-    singular values (deblurring): MCG is a method for noiseless measurements.
-
-    Differences from the official code, which implements inpainting only: the general
-    ``A^+`` projection and ``W``; the noise of ``y'`` is ``A z`` (the same as the official
-    masked image noise for inpainting); per-sample norms as in DPS.  Needs a VJP and
-    ``A^+``; 1 NFE and one network backprop per step.
+    * the general ``A^+`` projection and the weighting ``W``; the noise of ``y'`` is ``A z`` (the
+      official masked image noise for inpainting), and the official masking of the gradient by
+      ``1 - m`` is implied by the projection;
+    * per-sample norms, as in DPS.
     """
 
     name = "mcg"
     needs = ("vjp", "pinv", "pixel")
     default_steps = 1000
+    cost = "1 network call, 1 backprop through the network and the operator, and 1 A^+ projection per step"
     summary = "MCG: DPS step plus projection onto the noised measurement set (noiseless problems)"
     noiseless_only = (
         "its projection puts y, noise included, back into the range of A at every step (the official code "

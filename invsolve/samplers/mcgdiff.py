@@ -41,62 +41,55 @@ def log_normal(x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
 @dataclass
 class MCGdiff(Method):
     r"""Monte Carlo guided diffusion (Cardoso, Janati, Le Corff & Moulines, "Monte Carlo guided
-    diffusion for Bayesian linear inverse problems", ICLR 2024; official code
-    gabrielvc/mcg_diff, ``mcg_diff/particle_filter.py``).
+    diffusion for Bayesian linear inverse problems", ICLR 2024).
 
-    In the spectral coordinates ``xbar = V^T x`` of ``A = U diag(s) V^T`` the measurement is
-    ``ybar_i = (U^T y)_i / s_i = xbar0_i + sigma_i eps`` with ``sigma_i = sigma_y / s_i``: an
-    observed coordinate looks like the diffusion state at noise level ``sigma_i``.  The grid
-    gets a level at each distinct ``sigma_i`` (when there are at most as many as grid levels;
-    the official GMM script adapts its grid to the singular values for the same purpose) and
-    each observed coordinate is tied to ``tau_i``, the largest level ``<= sigma_i`` (the final
-    0 for noiseless data); it carries, at every level ``sigma >= sigma_{tau_i}``, the Gaussian
-    potential
+    Official code: gabrielvc/mcg_diff (``mcg_diff/particle_filter.py``, ``scripts/configs``,
+    ``mcg_diff/default.yaml``).  In the spectral coordinates ``xbar = V^T x`` of
+    ``A = U diag(s) V^T`` the measurement ``ybar_i = (U^T y)_i / s_i = xbar0_i + sigma_i eps``
+    (``sigma_i = sigma_y / s_i``) looks like the diffusion state at level ``sigma_i``.  The grid
+    gets a level at each distinct ``sigma_i`` (when there are at most as many as grid levels)
+    and each observed coordinate is tied to ``tau_i``, the largest level ``<= sigma_i``; it
+    carries, at every level ``sigma >= sigma_{tau_i}``, the potential
 
     .. math:: g_\sigma^i(x) = N(x_i;\ \bar y_i,\ v_i(\sigma)),\quad
-              v_i(\sigma) = |\sigma^2 - \sigma_i^2| + \kappa (1 + \sigma_i^2).
+              v_i(\sigma) = |\sigma^2 - \sigma_i^2| + \kappa (1 + \sigma_i^2),
 
-    At ``tau_i`` it equals the exact likelihood ``p(ybar_i | x_tau)`` (the forward process
-    from ``sigma_tau`` to ``sigma_i``), so the target of the final step has the posterior
-    (noise variance inflated by ``kappa (1 + sigma_i^2)``) as its marginal.  A particle
-    system of ``P`` particles moves from ``sigma`` to ``sigma'`` by the DDIM step
-    (mean ``m``, variance ``c^2``, ``eta = 1``: the DDPM posterior):
+    which at ``tau_i`` is the exact likelihood ``p(ybar_i | x_tau)``.  ``P`` particles per
+    system move ``sigma -> sigma'`` by the DDIM step (mean ``m``, variance ``c^2``, ``eta = 1``):
 
-    * weights (before the move, resampling every step): ``prod_i N(ybar_i; m_i, c^2 + v_i(sigma'))
-      / N(xbar_i; ybar_i, v_i(sigma))`` over the coordinates active at ``sigma'`` (the
-      denominator over those active at both levels);
-    * move: active coordinates from the product ``N(m_i, c^2) g_{sigma'}^i`` (Kalman gain
-      ``K = c^2 / (c^2 + v')``), the others from ``N(m_i, c^2)``.
+    * weights (resampling every step): ``prod_i N(ybar_i; m_i, c^2 + v_i(sigma')) /
+      N(xbar_i; ybar_i, v_i(sigma))`` over the coordinates active at ``sigma'`` (the denominator
+      over those active at both levels);
+    * move: active coordinates from ``N(m_i, c^2) g_{sigma'}^i`` (gain ``c^2 / (c^2 + v')``), the
+      others from ``N(m_i, c^2)``.
 
-    The start is drawn exactly from ``N(0, sigma_0^2) g_{sigma_0}`` and the weight products
-    give the SMC estimate of ``log p(y)`` (``Result.log_evidence``; the ``ybar`` density is
-    mapped to ``y`` by ``- sum log s_i`` plus ``log N(0, sigma_y^2)`` terms of the unmatched
-    measurement coordinates).
+    The start is drawn exactly from ``N(0, sigma_0^2) g_{sigma_0}``, and the weight products give
+    the SMC estimate of ``log p(y)`` (``Result.log_evidence``; mapped from ``ybar`` to ``y`` by
+    ``- sum log s_i`` and the ``N(0, sigma_y^2)`` terms of unmatched measurement coordinates).
+    Defaults: 100 DDIM steps (``eta = 1``) on ``torch.linspace(0, T - 1, 100).long()`` (the EDM
+    grid for priors without a table), ``P = 64``, ``kappa = 1e-4`` (``gaussian_var``),
+    multinomial resampling, one draw per system (``samples_per_system = 1``, as the official
+    script runs ``N_total`` filters and keeps one particle of each).  ``batch_size`` chunks the
+    network calls; systems run in memory-bounded groups (:mod:`invsolve.samplers.smc`).
 
-    Differences from the official code, each fixing a bias measured on a 2-d Gaussian
-    (prior ``N(0, I)``, ``y = x_1 + 0.5 eps``, exact posterior mean 0.8, variance 0.2): the
-    official noisy case ends with the weight ``p(y | x_0) / g_{tau}`` after pinning ``x_tau``
-    to ``ybar``, which counts the likelihood twice (its samples: mean 0.91, variance 0.094);
-    here the potential at ``tau_i`` is the exact likelihood and no final weight is needed.
-    The official ``tau_i`` is the grid level nearest to ``sigma_i`` and ``sigma_tau`` replaces
-    ``sigma_i`` in ``v_i`` (a noise level off by the grid spacing); its start is ``N(0, I)``
-    with uniform weights (dropping the factor ``g_T``, which leaves no evidence estimate);
-    its noiseless final weights ``1 / g_0`` undo the last potential (its draws are then
-    nearly uniform over particles, as here).
+    Deviations from the official code (each fixes a bias, see the notes):
 
-    Defaults (official ``scripts/configs``): 100 DDIM steps with ``eta = 1`` on the grid
-    ``torch.linspace(0, T - 1, 100).long()`` of the prior's table (EDM grid for priors
-    without one), ``P = 64`` particles (``mcg_diff/default.yaml``), ``kappa = 1e-4``
-    (``gaussian_var``), multinomial resampling at every step, and one draw per particle
-    system (``samples_per_system = 1``: ``num_samples`` independent systems, as the official
-    script runs ``N_total`` filters and keeps one particle of each).  Cost: ``P`` NFE per
-    step per system, no network backprop.  Network calls take ``batch_size`` particles at a
-    time; systems run in groups that bound the memory (``invsolve.samplers.smc``).
+    * the potential at ``tau_i`` is the exact likelihood and no final weight is needed; the
+      official noisy case pins ``x_tau`` to ``ybar`` and ends with the weight
+      ``p(y | x_0) / g_tau``, which counts the likelihood twice;
+    * ``tau_i`` is the largest level ``<= sigma_i`` and ``v_i`` uses ``sigma_i``; the official
+      ``tau_i`` is the nearest grid level and ``sigma_tau`` replaces ``sigma_i`` in ``v_i`` (its GMM
+      script adapts the grid to the singular values instead);
+    * the start includes the factor ``g_T`` (the official start is ``N(0, I)`` with uniform
+      weights, which leaves no evidence estimate);
+    * noiseless: no final weights (the official ``1 / g_0`` undoes the last potential; its draws
+      are then nearly uniform over particles, as here).
     """
 
     name = "mcgdiff"
     needs = ("svd", "pixel")
     default_steps = 100
+    cost = "per system: P network calls (one per particle) and 2 SVD applies (V^T, V) per step; no backprop"
     summary = "MCGdiff: particle filter in the operator's spectral basis (asymptotically exact, log-evidence)"
 
     particles: int = 64
@@ -135,7 +128,7 @@ class MCGdiff(Method):
         levels = with_observation_levels(problem.timestep_sigmas(linspace_timesteps), obs_std[observed])
         levels = levels.to(s.device)
         tau = torch.where(observed, (levels[None, None, :] > obs_std[..., None]).sum(-1), -1)
-        layout = system_layout(problem.y, self.samples_per_system)
+        layout = system_layout(problem.y, self.samples_per_system, problem.images)
         out = torch.empty(problem.x_shape, device=s.device, dtype=s.dtype)
         log_z = torch.empty(layout.num_systems, device=s.device, dtype=torch.float64)
         ess = []

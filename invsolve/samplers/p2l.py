@@ -28,43 +28,45 @@ class P2L(Method):
     r"""Prompt tuning for latent diffusion inverse solvers (Chung, Ye, Milanfar & Delbracio,
     "Prompt-tuning latent diffusion models for inverse problems", ICML 2024, arXiv:2310.01110).
 
-    The authors released no code that we know of.  This follows the paper's alternating
-    updates and takes its numbers and its DDIM loop from the P2L baseline of the TReg repository
-    (``TReg-inverse/TReg``, ``solver/latent_diffusion.py``, ``P2LSolver``, by a shared author;
-    grid: :func:`~invsolve.samplers.text_guidance.sd_ddim_levels`), where it has them.
-    With the text embedding ``c`` of every sample row (initialised from ``prompt``), decoder
-    ``G`` and encoder ``E``, each DDIM step (eta 0) does:
+    Official code: none released that we know of.  This follows the paper's alternating updates
+    and takes its numbers and DDIM loop from the P2L baseline of the TReg repository
+    (``TReg-inverse/TReg``, ``solver/latent_diffusion.py``, ``P2LSolver``, by a shared author; grid
+    :func:`~invsolve.samplers.text_guidance.sd_ddim_levels`).  With the text embedding ``c`` of
+    every row (initialised from ``prompt``), decoder ``G`` and encoder ``E``, each DDIM step
+    (eta 0):
 
-    1. prompt tuning: ``prompt_iterations`` Adam steps (learning rate ``prompt_lr``, one
-       optimiser kept over the whole solve) on ``c`` minimising the per-sample mean squared
-       residual ``mean (y - A G(z0(z; c)))^2`` at the current ``z`` (the paper's prompt update);
-    2. a DPS-type latent step: the network's ``z0`` with the tuned ``c*``
-       (:func:`~invsolve.samplers.text_guidance.network_estimate`) and
+    1. prompt tuning: ``prompt_iterations`` Adam steps (``prompt_lr``, one optimiser over the
+       whole solve) on ``c`` minimising ``mean (y - A G(z0(z; c)))^2`` per row at the current ``z``;
+    2. a latent DPS step with the tuned ``c*``
+       (:func:`~invsolve.samplers.text_guidance.network_estimate`):
        ``z' = DDIM(z0) - step_size sqrt((1+sigma^2)(1+sigma'^2)) grad_z ||y - A G(z0)||``
-       (the VP step size ``step_size`` = 1 of the baseline, converted to VE);
-    3. on the projection schedule, before the DDIM step, ``z0`` is projected onto the range
-       of the encoder with data fidelity (the paper's projection): ``z0 = E(x*)``,
+       (the baseline's VP step 1, converted to VE);
+    3. on the projection schedule, before the DDIM step, ``z0 = E(x*)`` with
        ``x* = argmin ||y - A x||^2 + lambda ||x - G(z0)||^2``
        (:func:`~invsolve.samplers.text_guidance.consistent_image`).
 
-    The result is ``G(z0)`` of the last step.  Defaults from the TReg repository's P2L
-    baseline: 200 steps, Adam learning rate 1e-4, one Adam step per DDIM step, DPS step 1,
-    eta 0.  That baseline leaves out the projection; its schedule and ``lambda`` in the paper
-    could not be read offline, so the defaults are TReg's for the same step (every 3rd step
-    over the first 85 %, ``lambda`` 1e-4, 5 CG iterations): ``projection_every=0`` turns it
-    off, ``1`` projects at every step.  Sampling uses the tuned embedding itself
-    (``guidance_scale`` 1, as the paper's ``eps(z_t, t, c*)``); any other value guides it
-    against ``null_prompt``.  (The baseline guides with ``solve.py``'s ``--cfg_guidance``, 4 by
-    default, against the null prompt, and at 1 its ``predict_noise`` would feed the null text
-    instead of ``c*``; we follow the paper.)  ``prompt=None`` takes the prior's prompt.
-    Cost per step: ``prompt_iterations + 1`` NFE, as many decoder passes and backprops
-    through decoder and UNet, plus one encoder pass and up to ``cg_iterations`` operator
-    round trips on projection steps.
+    The result is ``G(z0)`` of the last step.  Defaults from the baseline: 200 steps, Adam 1e-4,
+    one Adam step per DDIM step, DPS step 1, eta 0.  ``prompt=None`` takes the prior's prompt.
+
+    Deviations from the TReg repository's baseline:
+
+    * the projection, which the baseline leaves out, uses TReg's schedule and weight for the
+      same step (every 3rd step over the first 85 %, ``lambda`` 1e-4, 5 CG iterations), as the
+      paper's values could not be read offline; ``projection_every=0`` turns it off, ``1``
+      projects at every step;
+    * sampling uses the tuned embedding itself (``guidance_scale`` 1, the paper's
+      ``eps(z_t, t, c*)``); the baseline guides with ``solve.py``'s ``--cfg_guidance`` (4) against
+      the null prompt, and at 1 its ``predict_noise`` would feed the null text instead of ``c*``.
+      Any other ``guidance_scale`` guides against ``null_prompt``.
     """
 
     name = "p2l"
     needs = ("vjp", "adjoint", "latent", "text")
     default_steps = 200
+    cost = (
+        "prompt_iterations + 1 network calls with as many decoder passes and backprops through decoder and "
+        "UNet per step; on projection steps also 1 encoder pass and up to cg_iterations A^T A applications"
+    )
     summary = "prompt-tuning latent diffusion: Adam on the text embedding, latent DPS, encoder-range projection"
 
     prompt: str | None = None

@@ -38,55 +38,47 @@ def pigdm_direction(problem: Problem, residual: Tensor, r2: float) -> Tensor:
 @register
 @dataclass
 class PiGDM(Method):
-    r"""Pseudoinverse-guided diffusion models (Song, Vahdat, Mardani & Kautz,
+    r"""Pseudoinverse-guided diffusion models, ΠGDM (Song, Vahdat, Mardani & Kautz,
     "Pseudoinverse-Guided Diffusion Models for Inverse Problems", ICLR 2023).
 
-    Official code: github.com/NVlabs/RED-diff (``algos/pgdm.py`` with ``awd=True``,
-    ``cond_awd=False``, ``mcg=False`` from ``_configs/algo/pgdm.yaml``; grid from
-    ``utils/functions.py``, ``get_timesteps``).  Per step ``sigma -> sigma'`` with
-    ``D = D(x, sigma)``: the guidance is one vector-Jacobian product through the denoiser,
+    Official code: NVlabs/RED-diff (``algos/pgdm.py`` with ``awd=True``, ``cond_awd=False``,
+    ``mcg=False`` from ``_configs/algo/pgdm.yaml``; grid ``utils/functions.py``, ``get_timesteps``;
+    commands ``sample_test.sh``, ``sample_batch.sh``).  Per step ``sigma -> sigma'`` with
+    ``D = D(x, sigma)``, one vector-Jacobian product through the denoiser:
 
     .. math::
         g = J_D(x)^T A^+ (y - A D), \qquad x' = \mathrm{DDIM}_\eta(x; D) + w\, g .
 
-    The official VP update adds ``w sqrt(abar_{t-1}) sqrt(abar_t) g_vp`` to ``x_vp`` at
-    level ``t - 1``; with ``x_vp = sqrt(abar) x`` the VP Jacobian is ``g_vp = g / sqrt(abar_t)``
-    and a VP correction at level ``t - 1`` is ``1 / sqrt(abar_{t-1})`` times larger in VE,
-    so ``w`` enters the VE update unscaled.  The last step (to ``abar = 1``) returns
-    ``D + w g``.
+    The official VP update adds ``w sqrt(abar_{t-1}) sqrt(abar_t) g_vp`` to ``x_vp``; in VE
+    (``g_vp = g / sqrt(abar_t)``, VP corrections ``1 / sqrt(abar_{t-1})`` larger) ``w`` enters
+    unscaled.  The last step returns ``D + w g``.  Official runs: 100 steps
+    (``exp.num_steps=100`` in the ΠGDM commands, over the yaml's 50) on
+    ``range(0, 1000, 1000 // steps)`` from high to low (t = 990, …, 0; the EDM grid for priors
+    without a table), ``eta = 1`` (every ΠGDM command; the yaml's default is 0), ``w = 1``, start
+    ``A^+ y + sigma_T z`` (``x_T = sqrt(abar_T) A^+ y + sqrt(1 - abar_T) z`` in VP), no clamping.
+    For inpainting (its ``in2`` degradations) the measured pixels of ``D`` are replaced by ``y``
+    and ``g`` is masked to the missing ones, generalised as ``D <- D - A^+ (A D - y)``,
+    ``g <- g - A^+ A g`` (``replace_observed``, on for inpainting in :attr:`task_defaults`); the
+    DDIM direction keeps the network's ``eps``.
 
-    As the RED-diff repository runs it: 100 steps (``exp.num_steps=100`` in the ΠGDM
-    commands of ``sample_test.sh`` and the README's example, over the yaml default of 50) on ``range(end_step, start_step, (start_step - end_step)
-    // num_steps)`` with ``start_step: 1000``, ``end_step: 0`` (``_configs/exp/default.yaml``):
-    t = 990, 980, …, 0 of the prior's table (the EDM grid for priors without one);
-    ``eta = 1`` (``algo.eta=1.0`` in every ΠGDM command of ``sample_test.sh`` and
-    ``sample_batch.sh``; the yaml's default is 0.0); ``w = 1`` (``grad_term_weight: 1``);
-    the start ``x_T = sqrt(abar_T) A^+ y + sqrt(1 - abar_T) z``, i.e. ``A^+ y + sigma_T z``;
-    no clamping of ``x0``; ``A^+`` in the guidance whatever the noise (the code never
-    reads ``sigma_y``); for inpainting (its ``in2`` degradations) the measured pixels of
-    ``D`` are replaced by ``y`` and ``g`` is masked to the missing ones after the VJP,
-    generalised here as ``D <- D - A^+ (A D - y)``, ``g <- g - A^+ A g``
-    (``replace_observed``, on for inpainting in :attr:`task_defaults`), while the DDIM
-    direction keeps the network's ``eps``.
+    Deviations from the official code:
 
-    **Noisy measurements** follow the paper (its Sec. 3.2), where the official code
-    hard-codes the special case ``sigma_y = 0``: ``noisy_guidance`` (``None``: on when
-    ``noise_sigma > 0``, recorded in ``Result.options``) replaces ``A^+`` by
-    ``r^2 A^T (r^2 A A^T + sigma_y^2 I)^{-1}`` with ``r^2 = sigma^2 / (1 + sigma^2)``
-    (:func:`pigdm_direction`), so that ``g = J_D^T r^2 A^T (r^2 A A^T + sigma_y^2 I)^{-1}
-    (y - A D)``; with ``noise_sigma = 0`` the two are the same.  ``noisy_guidance=False``
-    runs the code's ``A^+``, which amplifies the measurement noise by ``1 / s_min`` for an
-    ill-conditioned ``A`` (deblurring).  An operator with neither an SVD nor an adjoint
-    keeps ``A^+``, with a warning.
-
-    Noise scale: ``noise_sigma`` on the [-1, 1] scale.  Needs ``A^+`` and a VJP through
-    the network (with ``noisy_guidance``: the SVD, or conjugate gradients through the
-    adjoint); 1 NFE and one network backprop per step.
+    * noisy measurements follow the paper (its Sec. 3.2) where the code hard-codes
+      ``sigma_y = 0``: ``noisy_guidance`` (``None``: on when ``noise_sigma > 0``, recorded in
+      ``Result.options``) replaces ``A^+`` by ``r^2 A^T (r^2 A A^T + sigma_y^2 I)^{-1}``,
+      ``r^2 = sigma^2 / (1 + sigma^2)`` (:func:`pigdm_direction`), the same at ``noise_sigma = 0``;
+      ``noisy_guidance=False`` runs the code's ``A^+``, which amplifies the noise by
+      ``1 / s_min``.  An operator with neither an SVD nor an adjoint keeps ``A^+``, with a warning;
+    * ``noise_sigma`` is on the [-1, 1] scale.
     """
 
     name = "pigdm"
     needs = ("pinv", "vjp", "pixel")
     default_steps = 100
+    cost = (
+        "1 network call and 1 backprop through the network per step, plus 1 A^+ on the residual (with noisy "
+        "guidance: the SVD, or CG through the adjoint)"
+    )
     summary = "ΠGDM: pseudo-inverse guidance through one vector-Jacobian product of the denoiser"
     task_defaults = MappingProxyType(
         {

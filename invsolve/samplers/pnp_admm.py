@@ -35,13 +35,13 @@ def normal_residual(operator: Any, x: Tensor, y: Tensor) -> Tensor:
 @register
 @dataclass
 class PnPADMM(Method):
-    r"""Plug-and-play ADMM and proximal gradient descent with a learned proximal operator
-    (Fang, Buchanan and Sulam, "What's in a Prior? Learned Proximal Networks for Inverse
-    Problems", ICLR 2024; official code ``ZhenghanFang/learned-proximal-networks``,
-    ``lpn/inverse_celeba.py`` and ``exps/celeba/test.py``).
+    r"""Plug-and-play ADMM and proximal gradient descent with a learned proximal operator (Fang,
+    Buchanan & Sulam, "What's in a Prior? Learned Proximal Networks for Inverse Problems",
+    ICLR 2024).
 
-    With ``f(x) = scale ||y - A x||^2`` (scico's ``SquaredL2Loss``) and ``g`` the prior's
-    regulariser, ADMM in the official update order ``"132"`` (x, then u, then z), from
+    Official code: ZhenghanFang/learned-proximal-networks (``lpn/inverse_celeba.py``,
+    ``exps/celeba/test.py``).  With ``f(x) = scale ||y - A x||^2`` (scico's ``SquaredL2Loss``) and
+    ``g`` the prior's regulariser, ADMM in the official update order ``"132"`` (x, u, z), from
     ``x = z = x_init``, ``u = 0``:
 
     .. math::
@@ -49,29 +49,33 @@ class PnPADMM(Method):
             = \mathrm{prox}^A_{\rho / (2\,\mathrm{scale})}(z - u), \\
         u &\leftarrow u + x - z, \qquad z \leftarrow \mathrm{prox}_g(x + u),
 
-    returning ``x``.  The data step is ``operator.prox`` (closed form for masks, circular blurs and
-    block-average SR, conjugate gradients for other linear operators) or, for operators without
-    one, a gradient step through ``A`` (:func:`invsolve.samplers.diffpir.gradient_data_step`).
-    ``solver="pgd"`` runs the official ``main_celeba_pgd`` instead:
-    ``x \leftarrow \mathrm{clip}(\mathrm{prox}_g(x - \eta A^\top(A x - y)))`` with ``step_size`` ``eta``.
+    returning ``x``.  ``solver="pgd"`` runs the official ``main_celeba_pgd``:
+    ``x \leftarrow \mathrm{clip}(\mathrm{prox}_g(x - \eta A^\top(A x - y)))``, ``eta = step_size``.
+    The data step is ``operator.prox`` (closed form for masks, circular blurs and block-average
+    SR, conjugate gradients for other linear operators), else a gradient step through ``A``
+    (:func:`invsolve.samplers.diffpir.gradient_data_step`).  ``prox_g`` is a proximal prior's
+    (``priors.LPNPrior``: ``nabla psi``, which ignores the ADMM weight, as the official LPN does)
+    or a diffusion prior's denoiser at one level ``denoiser_sigma`` (classic PnP-ADMM,
+    Venkatakrishnan et al. 2013).  Defaults (official CelebA deblurring): ``rho = 0.1``,
+    ``scale = 0.5``, 20 iterations, start ``A^T y``; PGD ``eta = 2``.  All weights are ratios of
+    quadratics, so they carry over from [0, 1] images to [-1, 1] unchanged.  ``init`` may also be
+    ``"pinv"``, ``"measurement"`` or ``"zero"``.
 
-    **The prox.** A proximal prior (``priors.LPNPrior``: ``prox_g = \nabla\psi``, the official
-    LPN ignores the ADMM weight, and so does this method) or a diffusion prior's denoiser at one
-    fixed level ``denoiser_sigma``, the classic PnP-ADMM (Venkatakrishnan et al. 2013).  Left
-    ``None`` it is the level at which the z-step is the MAP denoiser when ``f`` is the Gaussian
-    log-likelihood scaled by ``2 scale noise_sigma^2``: ``sqrt(2 scale / rho) * noise_sigma``
-    (noise floored at 0.01); not in the official code, which runs only learned proximal networks
-    (and DnCNN / BM3D) here.
+    Deviations from the official code:
 
-    Defaults (official CelebA deblurring, ``exps/celeba/test.py``): ``rho = 0.1``, ``scale = 0.5``,
-    20 iterations, start ``A^T y``; PGD ``eta = 2``, 20 iterations.  All weights are ratios of
-    quadratics, so they carry over from the official [0, 1] images to [-1, 1] unchanged.
-    ``init`` may also be ``"pinv"``, ``"measurement"`` or ``"zero"``.  One prox call per iteration.
+    * diffusion denoisers as ``prox_g`` (the official code runs learned proximal networks, DnCNN
+      and BM3D); ``denoiser_sigma=None`` picks the level at which the z-step is the MAP denoiser
+      when ``f`` is the Gaussian log-likelihood scaled by ``2 scale noise_sigma^2``:
+      ``sqrt(2 scale / rho) * noise_sigma`` (noise floored at 0.01).
     """
 
     name = "pnp_admm"
     needs = ("proximal|pixel", "prox|vjp")
     default_steps = 20
+    cost = (
+        "1 prior prox (one network call) and 1 operator prox (closed form or CG) per iteration; PGD: 1 prox "
+        "and 1 A^T A per iteration; no backprop"
+    )
     summary = "PnP-ADMM / PGD with a proximal prior (an LPN) or a diffusion denoiser at a fixed sigma"
 
     solver: str = "admm"

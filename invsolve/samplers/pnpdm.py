@@ -18,41 +18,41 @@ from invsolve.schedules import karras_sigmas
 @register
 @dataclass
 class PnPDM(Method):
-    r"""Plug-and-play diffusion models (Wu, Sun, Chen, Zhang, Yue & Bouman, "Principled
-    probabilistic imaging using diffusion models as plug-and-play priors", NeurIPS 2024;
-    official code zihuiwu/PnP-DM-public, ``pnpdm/samplers/pnp_edm/pnp_edm.py`` and
-    ``denoiser_edm.py``).
+    r"""Plug-and-play diffusion models, PnP-DM (Wu, Sun, Chen, Zhang, Yue & Bouman, "Principled
+    probabilistic imaging using diffusion models as plug-and-play priors", NeurIPS 2024).
 
-    Split Gibbs sampling of ``pi(x, z) ∝ p(x) N(z; x, rho^2 I) p(y | z)``, alternating
+    Official code: zihuiwu/PnP-DM-public (``pnpdm/samplers/pnp_edm/pnp_edm.py``,
+    ``denoiser_edm.py``, ``commands.sh``).  Split Gibbs sampling of
+    ``pi(x, z) ∝ p(x) N(z; x, rho^2 I) p(y | z)``, alternating
 
-    1. likelihood step: ``z ~ exp(-||y - A z||^2 / (2 sigma_y^2) - ||z - x||^2 / (2 rho^2))``:
+    1. likelihood step ``z ~ exp(-||y - A z||^2 / (2 sigma_y^2) - ||z - x||^2 / (2 rho^2))``:
        exact in the SVD basis (precision ``s^2 / sigma_y^2 + 1 / rho^2``, the code's
        ``proximal_generator``); for linear operators without an SVD by perturb-and-MAP,
-       ``z = prox(x + rho e1, y + sigma_y e2)`` with weight ``sigma_y^2 / rho^2`` (exact as the
-       prox is; ``sigma_y = 0`` projects ``x + rho e1`` onto ``A z = y``); otherwise
-       ``langevin_steps`` Langevin steps of size ``langevin_step`` from ``z = x`` (the code's
-       phase-retrieval sampler, ``gamma = 1e-4``, 100 steps; needs ``sigma_y > 0``);
-    2. prior step: ``x ~ p(x | z)``, the denoising diffusion started from ``z`` at noise
-       ``rho``: Euler steps of the EDM reverse SDE
-       ``x' = x + 2 (sigma' - sigma) (x - D(x, sigma)) / sigma + sqrt(2 sigma (sigma - sigma')) eps``
-       (no noise on the last step) over the levels ``< rho`` of the EDM grid
-       (``diffusion_steps = 100``, ``sigma`` 80 → 0.002, ``rho_edm = 7``: mode ``edm_sde``);
-       ``sde = False`` runs the probability-flow ODE instead.
+       ``z = prox(x + rho e1, y + sigma_y e2)`` with weight ``sigma_y^2 / rho^2`` (``sigma_y = 0``
+       projects ``x + rho e1`` onto ``A z = y``); otherwise ``langevin_steps`` Langevin steps of
+       size ``langevin_step`` from ``z = x`` (the code's phase-retrieval sampler, ``gamma = 1e-4``,
+       100 steps; needs ``sigma_y > 0``);
+    2. prior step ``x ~ p(x | z)``: Euler steps of the EDM reverse SDE from ``z`` over the levels
+       ``< rho`` of the EDM grid (``diffusion_steps`` 100, sigma 80 → 0.002, ``rho_edm`` 7: mode
+       ``edm_sde``), ``x' = x + 2 (sigma' - sigma) (x - D(x, sigma)) / sigma
+       + sqrt(2 sigma (sigma - sigma')) eps`` (no noise on the last step); ``sde = False`` runs
+       the probability-flow ODE.
 
-    ``rho`` is annealed, ``rho_k = max(rho0 decay^k, rho_min)``, with the authors' commands
-    for linear tasks (``commands.sh``): ``rho0 = 10``, decay 0.9, ``rho_min = 0.3``.  The
-    chain runs ``steps`` iterations (``num_iters = 100``) from the pseudo-inverse
+    ``rho_k = max(rho0 decay^k, rho_min)`` with the authors' linear-task commands: ``rho0`` 10,
+    decay 0.9, ``rho_min`` 0.3.  The chain runs ``steps`` iterations (``num_iters`` 100) from
     ``A^+ y`` (zeros without an SVD) and keeps ``samples_per_chain`` iterates after the burn-in
-    (``num_burn_in_iters = 40`` of 100, ``num_samples_per_run = 20``: iterations
-    ``linspace(40, 99, 21).astype(int)[1:]``).  Rows of one measurement share chains, up to
-    ``samples_per_chain`` per chain, the latest iterate first.  With ``rho_min > 0`` the
-    chain's ``x`` targets ``p(x) N(y; A x, sigma_y^2 + rho_min^2 A A^T)``, a posterior with
-    inflated noise.  Cost per iteration: the levels below ``rho_k`` (NFE, no backprop).
+    (``num_burn_in_iters`` 40 of 100, ``num_samples_per_run`` 20: iterations
+    ``linspace(40, 99, 21).astype(int)[1:]``).  Rows of one measurement (and image) share chains,
+    up to ``samples_per_chain`` per chain, the latest iterate first; chains follow the rows of
+    ``y`` (:func:`~invsolve.samplers.smc.system_layout`), so a batch with one seed per image
+    equals its images solved alone.  With ``rho_min > 0`` the chain's ``x`` targets
+    ``p(x) N(y; A x, sigma_y^2 + rho_min^2 A A^T)``, a posterior with inflated noise.
     """
 
     name = "pnpdm"
     needs = ("svd|prox|vjp", "pixel")
     default_steps = 100
+    cost = "per iteration: 1 network call per EDM level below rho_k (the prior step's inner SDE) and 1 likelihood step (an SVD apply, an operator prox, or langevin_steps operator gradients); no backprop"
     summary = "PnP-DM: split-Gibbs chain (exact likelihood step, diffusion prior step), samples along the chain"
 
     rho0: float = 10.0
@@ -94,7 +94,7 @@ class PnPDM(Method):
     @torch.no_grad()
     def run(self, problem: Problem) -> Tensor:
         kept = self.kept_iterations(problem.steps)
-        layout = system_layout(problem.y, len(kept))
+        layout = system_layout(problem.y, len(kept), problem.images)
         y = layout.distinct[layout.measurement].to(problem.y)
         grid = karras_sigmas(self.diffusion_steps, max(self.sigma_min, problem.prior.sigma_min),
                              min(self.sigma_max, problem.prior.sigma_max), self.rho_edm).tolist()

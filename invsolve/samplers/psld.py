@@ -132,29 +132,30 @@ def psld_sampling(problem: Problem, omega: float, gamma: float, eta: float, resi
 @dataclass
 class PSLD(Method):
     r"""Posterior sampling with latent diffusion (Rout et al., "Solving Linear Inverse Problems
-    Provably via Posterior Sampling with Latent Diffusion Models", NeurIPS 2023), as
-    LituRout/PSLD runs it (:func:`psld_sampling`; ``stable-diffusion/scripts/inverse.py``:
-    ``ddim_steps = 1000``, ``ddim_eta = 0``).
+    Provably via Posterior Sampling with Latent Diffusion Models", NeurIPS 2023).
 
-    The ``gamma`` "gluing" term pulls ``z0`` towards the encoder's range of an image that
-    agrees with ``y`` on the range of ``A^T`` and with ``G(z0)`` on the null space; that
-    image is the projection onto ``{x : A x = y}`` only when ``A A^T = I`` (masks,
-    super-resolution normalised to orthonormal rows), which is where the paper's
-    guarantee holds; elsewhere the term is a heuristic.  ``omega`` / ``gamma`` default to
-    the run scripts' values (:func:`table_for_model`).  1000 steps (all ``T`` timesteps: the
-    alphas are read one timestep below the network's ``t``, as the code does), DDIM
-    ``eta = 0``.  Cost per step: 1 NFE, one decoder and one encoder pass, one backprop
-    through all three.
+    Official code: LituRout/PSLD (``stable-diffusion/ldm/models/diffusion/psld.py``,
+    ``stable-diffusion/scripts/inverse.py``: ``ddim_steps = 1000``, ``ddim_eta = 0``); the loop
+    is :func:`psld_sampling`.  Latent DPS through the decoder plus the ``gamma`` "gluing" term,
+    which pulls ``z0`` towards the encoder's range of an image that agrees with ``y`` on the range
+    of ``A^T`` and with ``G(z0)`` on the null space.  That image is the projection onto
+    ``{x : A x = y}`` only when ``A A^T = I`` (masks, super-resolution with orthonormal rows),
+    where the paper's guarantee holds; elsewhere the term is a heuristic.  ``omega`` / ``gamma``
+    default to the run scripts' values (:func:`table_for_model`); 1000 steps (all ``T``
+    timesteps, the alphas read one timestep below the network's ``t``, as the code does), DDIM
+    ``eta = 0``, start the VP ``N(0, I)``.
 
-    Still different from the code: Stable Diffusion's encoder there samples its KL
-    posterior (``get_first_stage_encoding``), here it returns the mean; the code's first
-    step asks the network at ``t = 1000``, past the table, here at 999; invsolve's latent
-    start is the same VP ``N(0, I)``.
+    Deviations from the official code:
+
+    * Stable Diffusion's encoder returns the mean of its KL posterior (the code samples it,
+      ``get_first_stage_encoding``);
+    * the code's first step asks the network at ``t = 1000``, past the table; here at 999.
     """
 
     name = "psld"
     needs = ("vjp", "adjoint", "latent")
     default_steps = 1000
+    cost = "1 network call, 1 decoder and 1 encoder pass, and 1 backprop through all three per step"
     summary = "posterior sampling with latent diffusion (DPS through the decoder plus the gluing term)"
 
     task_defaults = PSLD_SD_TASK_DEFAULTS

@@ -58,75 +58,62 @@ REDDIFF_TASK_DEFAULTS = MappingProxyType(
 @register
 @dataclass
 class REDDiff(Method):
-    r"""RED-Diff (Mardani, Song, Kautz, Vahdat, "A Variational Perspective on Solving
-    Inverse Problems with Diffusion Models", ICLR 2024), as NVlabs/RED-diff runs it
-    (``algos/reddiff.py``, ``utils/functions.py``, ``_configs/algo/reddiff.yaml``).
+    r"""RED-Diff (Mardani, Song, Kautz & Vahdat, "A Variational Perspective on Solving Inverse
+    Problems with Diffusion Models", ICLR 2024).
 
-    A point estimate :math:`\mu` (the mean of a Dirac variational posterior) is
-    optimised with Adam while the noise level descends the official grid: timesteps
-    ``range(0, T, T // steps)`` of the prior's table from high to low
-    (``utils/functions.py: get_timesteps`` with ``start_step = 1000``, ``end_step = 0``;
-    the EDM grid for priors without a table), one NFE each.  At level :math:`\sigma`,
-    with fresh :math:`\epsilon \sim N(0, I)` and :math:`D` evaluated without gradient,
+    Official code: NVlabs/RED-diff (``algos/reddiff.py``, ``utils/functions.py``,
+    ``_configs/algo/reddiff.yaml``, ``sample_batch.sh``, ``sample_test.sh``).  A point estimate
+    :math:`\mu` is optimised with Adam while the noise level descends the timesteps
+    ``range(0, T, T // steps)`` from high to low (``get_timesteps``; the EDM grid for priors
+    without a table), one NFE each.  At level :math:`\sigma`, with fresh :math:`\epsilon` and
+    :math:`D` without gradient,
 
     .. math::
         \ell(\mu) = \lambda\, w(\sigma)\, \operatorname{mean}\bigl(\operatorname{sg}[\hat\epsilon - \epsilon]
         \odot \mu\bigr) + \frac{v}{2} \operatorname{mean}\bigl((y - A(\mu))^2\bigr),
-        \qquad \hat\epsilon = \frac{\mu + \sigma\epsilon - D(\mu + \sigma\epsilon, \sigma)}{\sigma}.
+        \qquad \hat\epsilon = \frac{\mu + \sigma\epsilon - D(\mu + \sigma\epsilon, \sigma)}{\sigma},
 
-    In VE form :math:`\sigma(\hat\epsilon - \epsilon) = \mu - D(\mu + \sigma\epsilon, \sigma)`,
-    so with the default weighting :math:`w = \sigma = 1/\sqrt{\mathrm{SNR}}` (``"linear"``)
-    the prior gradient is the RED residual :math:`\lambda(\mu - D)`.  Means are taken per
-    row and the row losses summed, so every sample is an independent optimisation (the
-    official means run over the batch too, which Adam's scale invariance makes almost
-    immaterial).  The gradient is formed directly,
-    :math:`\nabla\ell = \lambda w(\sigma)(\hat\epsilon - \epsilon)/n + v J_A^T (A(\mu) - y)/m`;
-    only :math:`A` is differentiated, never the network.
+    so with ``weighting = "linear"`` (:math:`w = \sigma`) the prior gradient is the RED residual
+    :math:`\lambda(\mu - D)`.  The gradient is formed directly,
+    :math:`\nabla\ell = \lambda w(\sigma)(\hat\epsilon - \epsilon)/n + v J_A^T (A(\mu) - y)/m`: only
+    :math:`A` is differentiated, never the network.  The misfit gradient goes through
+    ``operator.svd`` when the operator has one
+    (:func:`~invsolve.samplers.updates.spectral_misfit_gradient`), as the official code applies
+    every linear operator through its SVD class (``utils/degredations.py``; for the Gaussian blur
+    DDRM's ``Deblurring``, whose 1-D singular values below 3e-2 are zeroed, like the separable
+    reflect blurs' ``factor_rcond``).  The result is ``x0_pred``, the iterate *before* the last
+    Adam step (``sigma_x0 = 0``), as in the official loop.  ``noise_sigma`` does not enter the
+    update: ``obs_weight`` (:math:`v`) stands in for :math:`1/\sigma_y^2`, so the method is
+    MAP-like and its samples vary only through the optimisation noise.
 
-    **Data term.** The official code applies every linear operator through its SVD
-    class (``utils/degredations.py``: ``H.H``, ``H.Ht``); for the Gaussian blur that is
-    DDRM's ``Deblurring``, whose 1-D singular values below 3e-2 are zeroed.  Here the
-    misfit gradient likewise goes through ``operator.svd`` when the operator has one
-    (:func:`~invsolve.samplers.updates.spectral_misfit_gradient`: the same as the
-    operator's own for exact SVDs, the truncated operator's for a separable reflect
-    blur with ``factor_rcond``), else through the operator.
+    Start ``init``: ``"pinv"`` (:math:`A^+ y`, the official ``H.H_pinv(y_0)``), ``"tikhonov"``
+    (:math:`\arg\min_x \|y - A x\|^2 + \sigma_y^2 \|x\|^2`, the operator's ``prox`` at 0; it
+    amplifies noise at most ``1 / (2 sigma_y)`` times where :math:`A^+ y` amplifies it by the
+    inverse of the smallest kept singular value), ``"adjoint"`` (:math:`A^T y`), ``"zeros"``;
+    ``"auto"`` takes ``pinv``, ``adjoint`` or zeros, whichever the operator offers first.
+    Defaults: ``weighting = "linear"``, ``obs_weight = 1``, Adam betas (0.9, 0.99), 1000 steps;
+    ``lam`` / ``lr`` per task from :attr:`task_defaults` (the Gaussian-deblur row comes from
+    noiseless runs, ``sample_test.sh``; see the notes for its behaviour with noise).
 
-    **Known failure of the official setting with noise.** The Gaussian-deblur setting
-    (``lr = 0.5``, ``lam = 0.25``) comes from runs with ``sigma_y = 0`` (``sample_test.sh``).
-    On ``natural-64`` (64 px held-out crop, ``gauss61``, noise 0.05) the estimate peaks at
-    21.9 dB near step 800 and its last Adam steps, where ``lam * sigma`` is small, fit the
-    noise: 17.6 dB at the end (17.8 with the exact operator's data term) against the
-    blurred input's 21.9 dB.
+    Deviations from the official code:
 
-    **Returned estimate.** The official loop returns ``x0_pred``, the iterate *before*
-    its last Adam step (``sigma_x0 = 0``): here too.  The last level's network call and
-    Adam step cannot change it and are skipped (``steps - 1`` NFE); the callback still
-    reports that level, with ``denoised`` the returned estimate.
-
-    **Start** ``init``: ``"pinv"`` (:math:`A^+ y`, the official ``H.H_pinv(y_0)``),
-    ``"tikhonov"`` (:math:`\arg\min_x \|y - A x\|^2 + \sigma_y^2 \|x\|^2`, the operator's
-    ``prox`` at ``x0 = 0``), ``"adjoint"`` (:math:`A^T y`), ``"zeros"``; ``"auto"`` (default)
-    takes ``pinv``, or ``adjoint``, or zeros, whichever the operator offers first.  With
-    noise, :math:`A^+ y` amplifies it by the inverse of the smallest kept singular value
-    (the official Gaussian-blur operator zeroes 1-D singular values below 3e-2, as
-    the separable reflect blurs' ``factor_rcond`` does); the Tikhonov start amplifies it at most
-    ``1 / (2 sigma_y)`` times (README: measured on ``natural-64``).
-
-    **Noise scale.** ``noise_sigma`` does not enter the update: as in the official code
-    the observation weight ``obs_weight`` (:math:`v`) stands in for :math:`1/\sigma_y^2`,
-    so the method is MAP-like and its samples vary only through the optimisation noise.
-
-    **Defaults**: ``weighting = "linear"``, ``obs_weight = 1``, Adam betas (0.9, 0.99), 1000
-    steps (``sample_batch.sh``); ``lam`` / ``lr`` from :attr:`task_defaults`: SR and inpainting 1.0 / 0.1 (``sample_batch.sh``), Gaussian blur, nonlinear blur,
-    phase retrieval and HDR 0.25 / 0.5 (``sample_test.sh``), others, motion blur included (the
-    scripts run none), 0.25 / 0.1 (``_configs/algo/reddiff.yaml``).
-    Not implemented: ``sigma_x0`` (0 in every official setting but one commented line)
-    and the ``cond_awd`` / ``awd`` variants (the defaults use the network's epsilon).
+    * means are per row and the row losses summed, so every sample is an independent
+      optimisation (the official means span the batch, almost immaterial under Adam's scale
+      invariance);
+    * the last level's network call and Adam step, which cannot change the returned estimate,
+      are skipped (``steps - 1`` NFE); the callback reports that level with ``denoised`` the
+      returned estimate;
+    * not implemented: ``sigma_x0`` (0 in every official setting but one commented line) and the
+      ``cond_awd`` / ``awd`` variants (the defaults use the network's epsilon).
     """
 
     name = "reddiff"
     needs = ("vjp", "pixel")
     default_steps = 1000
+    cost = (
+        "1 network call and 1 misfit gradient through A (the SVD where it has one) per step, plus 1 Adam "
+        "update; no backprop through the network"
+    )
     summary = "RED-Diff: Adam on a point estimate with denoiser (score-matching) regularisation"
 
     task_defaults = REDDIFF_TASK_DEFAULTS

@@ -49,48 +49,49 @@ def pseudo_x0(z: Tensor, eps: Tensor, sigma: float) -> Tensor:
 @register
 @dataclass
 class ReSample(Method):
-    r"""ReSample (Song, Kwon, Zhang, Hu, Qu & Shen, "Solving Inverse Problems with Latent
-    Diffusion Models via Hard Data Consistency", ICLR 2024), as soominkwon/resample runs it
-    (``sample_condition.py``: 500 DDIM steps, eta 0; ``ldm/models/diffusion/ddim.py``:
-    ``resample_sampling``; ``ldm_inverse/condition_methods.py``).
+    r"""ReSample (Song, Kwon, Zhang, Hu, Qu & Shen, "Solving Inverse Problems with Latent Diffusion
+    Models via Hard Data Consistency", ICLR 2024).
 
-    Grid: CompVis' DDIM timesteps ``range(0, T, T // steps) + 1`` of the latent prior's
-    table, the last step reaching timestep 0 (:func:`~invsolve.samplers.latent.ldm_ddim_levels`).
-    Step ``i`` (``sigma -> sigma'``, ``eps`` the network's output, ``abar = 1 / (1 + sigma^2)``):
+    Official code: soominkwon/resample (``sample_condition.py``: 500 DDIM steps, eta 0;
+    ``ldm/models/diffusion/ddim.py``: ``resample_sampling``; ``ldm_inverse/condition_methods.py``).
+    Grid: CompVis' DDIM timesteps ``range(0, T, T // steps) + 1``, the last step reaching
+    timestep 0 (:func:`~invsolve.samplers.latent.ldm_ddim_levels`).  Step ``i`` (``sigma -> sigma'``,
+    ``eps`` the network's output, ``abar = 1 / (1 + sigma^2)``):
 
-    1. DDIM (eta 0) ``z' = (z - sigma eps) + sigma' eps`` and a DPS correction through the
-       decoder ``G``, ``z' -= 0.5 abar sqrt((1+sigma^2)(1+sigma'^2)) grad_z ||y - A G(p)||``
-       (``scale = a_t * .5``), evaluated at ReSample's pseudo-x0
-       ``p = z - sigma^2 / sqrt(1 + sigma^2) eps`` (:func:`pseudo_x0`);
+    1. DDIM ``z' = (z - sigma eps) + sigma' eps`` and a DPS correction through the decoder ``G``,
+       ``z' -= 0.5 abar sqrt((1+sigma^2)(1+sigma'^2)) grad_z ||y - A G(p)||`` (``scale = a_t * .5``)
+       at ReSample's pseudo-x0 ``p = z - sigma^2 / sqrt(1 + sigma^2) eps`` (:func:`pseudo_x0`);
     2. hard data consistency when ``index = steps - 1 - i`` satisfies
        ``0 < index <= steps - steps // 3`` and ``index % interval == 0``:
 
-       a. ``lookahead_steps`` further DDIM steps from ``z'``, ending with a pseudo-x0 ``p``.
-          As in the code, look-ahead step ``k`` asks the network at the timestep of level
-          ``k + 1`` while computing with the alphas of level ``k`` (so the first step re-denoises
-          at the same level and the look-ahead covers one level fewer than it has steps);
-       b. ``index >= steps // 3``: pixel space, ``x = argmin ||y - A x||^2`` from ``G(p)``
-          (AdamW lr 1e-2, <= 2000 iterations, stop at MSE < 1e-6), ``z0_y = E(x)``; later:
-          latent space, ``z0_y = argmin ||y - A G(z)||^2`` from ``p`` (AdamW lr 5e-3, <= 500
-          iterations, stop at MSE < 1e-6 or when the loss exceeds that of 200 iterations
-          earlier);
+       a. ``lookahead_steps`` further DDIM steps from ``z'``, ending with a pseudo-x0 ``p``
+          (look-ahead step ``k`` asks the network at the timestep of level ``k + 1`` with the
+          alphas of level ``k``, as the code does);
+       b. ``index >= steps // 3``: pixel space, ``x = argmin ||y - A x||^2`` from ``G(p)`` (AdamW
+          lr 1e-2, <= 2000 iterations, stop at MSE < 1e-6), ``z0_y = E(x)``; later: latent space,
+          ``z0_y = argmin ||y - A G(z)||^2`` from ``p`` (AdamW lr 5e-3, <= 500 iterations, stop at
+          MSE < 1e-6 or when the loss exceeds that of 200 iterations earlier);
        c. stochastic resampling to ``sigma'`` (:func:`resampling_fusion`, ``gamma = 40``).
 
-    After the last step (state at timestep 0) a final latent optimisation from the VP
-    state, decoded.  AdamW keeps PyTorch's weight decay 0.01 as the code does.
-    Optimisation, norms and stopping are per sample (the code's batch is one image).
+    After the last step a final latent optimisation from the VP state, decoded.  AdamW keeps
+    PyTorch's weight decay 0.01, as the code does; start ``sqrt(1 + sigma_T^2) z`` (VP ``N(0, I)``).
 
-    Start: the code's VP ``N(0, I)``, i.e. ``sqrt(1 + sigma_T^2) z`` in VE.  Still different
-    from the code: ``steps`` must not exceed the table's length; when ``T // steps = 1`` the alphas are
-    read one timestep lower (PSLD's fix; ReSample's code would index past the table).
-    Cost: 1 NFE, one decoder pass and one backprop through decoder and network per step,
-    plus per consistency step ``lookahead_steps`` NFE and the optimiser's decoder (latent
-    stage) or one decoder and one encoder pass (pixel stage).
+    Deviations from the official code:
+
+    * optimisation, norms and stopping are per sample (the code's batch is one image);
+    * ``steps`` must not exceed the table's length; when ``T // steps = 1`` the alphas are read
+      one timestep lower (PSLD's fix; ReSample's code would index past the table).
     """
 
     name = "resample"
     needs = ("vjp", "latent")
     default_steps = 500
+    cost = (
+        "1 network call, 1 decoder pass and 1 backprop through decoder and network per step; per consistency "
+        "step also lookahead_steps network calls, then up to 2000 pixel-space optimiser iterations (operator "
+        "and its gradient) and 1 encoder pass, or later up to 500 latent-space ones (decoder, operator and a "
+        "backprop through both)"
+    )
     summary = "ReSample: latent DPS plus hard data consistency and stochastic resampling"
 
     dps_step_size: float = 0.5

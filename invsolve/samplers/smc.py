@@ -115,9 +115,14 @@ class SystemLayout:
     """How ``N`` problem rows map onto independent particle systems (or chains).
 
     Rows with the same measurement (the ``num_samples`` copies that :func:`invsolve.solve`
-    stacks) share systems: each system serves up to ``per_system`` of them.  ``measurement[s]``
-    indexes ``distinct`` (the distinct measurements) and ``representative[s]`` is a problem row
-    with that measurement; row ``r`` takes draw ``slot[r]`` of system ``system[r]``.
+    stacks) and, with per-image generators, of the same image share systems: each system
+    serves up to ``per_system`` of them.  ``measurement[s]`` indexes ``distinct`` (the
+    measurement of each group of rows, groups in the order of their first row) and
+    ``representative[s]`` is the first problem row system ``s`` serves; row ``r`` takes draw
+    ``slot[r]`` of system ``system[r]``.  Systems follow the rows of ``y``: they are numbered
+    in the order of the first row each serves, so for ``y`` of rows ``sample * B + b`` system
+    ``c * B + b`` is the ``c``-th system of image ``b``, and :meth:`Problem.randn` of shape
+    ``(systems, ...)`` gives it the ``c``-th draw of image ``b``'s generator.
     """
 
     distinct: Tensor
@@ -141,7 +146,7 @@ class SystemLayout:
         return torch.nonzero(torch.isin(self.system, systems)).flatten()
 
     def row_evidence(self, log_evidence: Tensor) -> Tensor:
-        """Per row, ``log mean exp`` of the evidence estimates of all systems of its measurement
+        """Per row, ``log mean exp`` of the evidence estimates of all systems of its group
         (the mean of unbiased estimates of ``Z`` is unbiased)."""
         combined = torch.stack([
             torch.logsumexp(log_evidence[self.measurement == group], 0) - math.log(int((self.measurement == group).sum()))
@@ -150,23 +155,29 @@ class SystemLayout:
         return combined[self.measurement[self.system]]
 
 
-def system_layout(y: Tensor, per_system: int) -> SystemLayout:
-    """Group identical rows of ``y`` and give each group ``ceil(copies / per_system)`` systems."""
+def system_layout(y: Tensor, per_system: int, images: int = 1) -> SystemLayout:
+    """Group the rows of ``y`` that share a measurement and, for ``images > 1``, an image
+    (row ``r`` belongs to image ``r % images``), and give each group
+    ``ceil(copies / per_system)`` systems, numbered in the order of the rows they serve."""
     if per_system < 1:
         raise ValueError(f"samples per system must be >= 1, got {per_system}")
-    distinct, group, counts = torch.unique(y.flatten(1), dim=0, return_inverse=True, return_counts=True)
+    rows = torch.arange(y.shape[0], device=y.device)
+    _, by_value = torch.unique(y.flatten(1), dim=0, return_inverse=True)
+    _, key = torch.unique(by_value * images + rows % images, return_inverse=True)
+    # Renumber the groups in the order of their first row (torch.unique sorts them by value).
+    first_of_key = torch.full((int(key.max()) + 1,), y.shape[0], device=y.device).scatter_reduce(0, key, rows, "amin")
+    group = torch.argsort(torch.argsort(first_of_key))[key]
+    counts = torch.bincount(group)
     order = torch.argsort(group, stable=True)
-    first_row = torch.cumsum(counts, 0) - counts
     rank = torch.empty_like(group)
-    rank[order] = torch.arange(y.shape[0], device=y.device) - first_row[group[order]]
+    rank[order] = rows - (torch.cumsum(counts, 0) - counts)[group[order]]
     systems_per_group = (counts + per_system - 1) // per_system
-    first_system = torch.cumsum(systems_per_group, 0) - systems_per_group
-    measurement = torch.repeat_interleave(torch.arange(len(counts), device=y.device), systems_per_group)
-    system = first_system[group] + rank // per_system
-    representative = torch.empty_like(measurement)
-    representative[system] = torch.arange(y.shape[0], device=y.device)
-    return SystemLayout(distinct.reshape(-1, *y.shape[1:]), measurement, representative, system,
-                        rank % per_system, per_system)
+    group_major = (torch.cumsum(systems_per_group, 0) - systems_per_group)[group] + rank // per_system
+    leaders = torch.nonzero(rank % per_system == 0).flatten()  # the first row of each system, ascending
+    renumber = torch.empty_like(leaders)
+    renumber[group_major[leaders]] = torch.arange(len(leaders), device=y.device)
+    first_rows = torch.nonzero(rank == 0).flatten()
+    return SystemLayout(y[first_rows], group[leaders], leaders, renumber[group_major], rank % per_system, per_system)
 
 
 def report_rows(problem: Problem, step: int, sigma: float, x: Tensor, denoised: Tensor, complete: bool) -> None:

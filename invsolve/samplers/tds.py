@@ -26,46 +26,44 @@ from invsolve.schedules import respaced_timesteps
 @dataclass
 class TDS(Method):
     r"""Twisted diffusion sampler (Wu, Trippe, Naesseth, Blei & Cunningham, "Practical and
-    asymptotically exact conditional sampling in diffusion models", NeurIPS 2023; official code
-    blt2114/twisted_diffusion_sampler, ``image_exp/image_diffusion/feynman_kac_image_ddpm.py``
-    (``TwistedDDPM``) and ``smc_utils/feynman_kac_pf.py`` (``smc_FK``)).
+    asymptotically exact conditional sampling in diffusion models", NeurIPS 2023).
 
-    ``P`` particles per system follow the DDPM chain from ``N(0, sigma_0^2 I)``.  At level
-    ``sigma`` with ``x0 = D(x, sigma)`` the twist is
+    Official code: blt2114/twisted_diffusion_sampler
+    (``image_exp/image_diffusion/feynman_kac_image_ddpm.py``, ``TwistedDDPM``;
+    ``smc_utils/feynman_kac_pf.py``, ``smc_FK``; ``image_exp/run_image.py``,
+    ``base_sampler_conf.yml``).  ``P`` particles per system follow the DDPM chain from
+    ``N(0, sigma_0^2 I)``.  At level ``sigma`` with ``x0 = D(x, sigma)`` the twist is
 
     .. math:: \tilde p_\sigma(y | x) = N\big(y;\ A(x_0),\ (\sigma_y^2 + r_\sigma^2) I\big),\quad
               r_\sigma^2 = \frac{\sigma^2 \tau^2}{\sigma^2 + \tau^2}
 
-    (``pred_xstart_var_type = 6``, ``tausq = 0.12`` in ``image_exp/run_image.py``).  The
-    proposal is the DDPM posterior step (``eta = 1``) from the twisted estimate
-    ``x0_tw = x0 + sigma^2 grad_x log p~`` (``(1 - abar) / sqrt(abar) grad_{x_vp}`` in the
-    code's VP form), clamped to the prior's data range (``clip_twisted``); the untwisted
-    ``x0`` is not clamped.  The weight of the move ``x -> x'`` is
+    (``pred_xstart_var_type = 6``, ``tausq = 0.12``).  The proposal is the DDPM posterior step
+    (``eta = 1``) from ``x0_tw = x0 + sigma^2 grad_x log p~``, clamped to the data range
+    (``clip_twisted``; ``x0`` itself is not clamped, ``clip_denoised`` defaults to ``False``
+    because the twist's gradient flows through it).  The move ``x -> x'`` is weighted by
 
-    .. math:: w = \frac{p(x' | x)\ \tilde p_{\sigma'}(y | x')}{\tilde p_\sigma(y | x)\ q(x' | x, y)},
+    .. math:: w = \frac{p(x' | x)\ \tilde p_{\sigma'}(y | x')}{\tilde p_\sigma(y | x)\ q(x' | x, y)};
 
-    the first weight is ``p~_{sigma_0}(y | x)``, the last step takes the untwisted mean
-    ``x_final = D(x, sigma_last)`` (``use_mean_pred``) with weight
-    ``p(y | x_final) / p~_{sigma_last}(y | x)`` (skipped for ``sigma_y = 0``, where the
-    target stops at the last twist).  Systematic resampling whenever ``ESS < P``
-    (``ess_threshold: null`` means always, ``base_sampler_conf.yml``).  The product of mean
-    weights estimates ``log p(y)`` (``Result.log_evidence``): the twists carry their Gaussian
-    normalising constants, which the official code drops as they cancel in the weights.
+    the first weight is ``p~_{sigma_0}(y | x)``, the last step takes ``x = D(x, sigma_last)``
+    (``use_mean_pred``) with weight ``p(y | x) / p~_{sigma_last}(y | x)`` (skipped for
+    ``sigma_y = 0``).  Systematic resampling whenever ``ESS < P``.  The product of mean weights
+    estimates ``log p(y)`` (``Result.log_evidence``; the twists carry their normalising constants,
+    which the official code drops as they cancel in the weights).  ``samples_per_system`` (default
+    all ``P``, the official output is the particle set) rows share one system, further rows get
+    further systems.  Defaults: 100 steps on the respaced grid (``timestep_respacing: '100'``;
+    the EDM grid for priors without a table), ``P = 4``, ``tau^2 = 0.12``.
 
-    Samples are drawn from the final weights: ``samples_per_system`` (default all ``P``,
-    the official output is the whole particle set) rows share one system; the rest of
-    ``num_samples`` go to further independent systems.  Defaults: 100 steps on the
-    respaced grid (``timestep_respacing: '100'``: ``respaced_timesteps``; EDM grid for priors
-    without a table), ``P = 4`` (``base_sampler_conf.yml``), ``tau^2 = 0.12``.  The noisy
-    twist ``sigma_y^2 + r^2`` extends the code's noiseless inpainting twist as in the paper.
-    The proposal variance is the DDPM posterior variance (the official ADM model learns it).
-    Cost: ``P`` NFE with a network backprop per step per system.  ``clip_denoised`` defaults
-    to ``False`` because the twist's gradient flows through ``x0``.
+    Deviations from the official code:
+
+    * the noisy twist ``sigma_y^2 + r^2`` extends the code's noiseless inpainting twist as in the
+      paper;
+    * the proposal variance is the DDPM posterior variance (the official ADM learns it).
     """
 
     name = "tds"
     needs = ("vjp", "pixel")
     default_steps = 100
+    cost = "per system: P network calls, each with a backprop through the network and the operator (the twist's gradient), per step"
     summary = "TDS: twisted SMC with gradient-twisted DDPM proposals (asymptotically exact, log-evidence)"
 
     clip_denoised: bool | None = False
@@ -95,7 +93,7 @@ class TDS(Method):
 
     def run(self, problem: Problem) -> Tensor:
         per_system = self.particles if self.samples_per_system is None else self.samples_per_system
-        layout = system_layout(problem.y, per_system)
+        layout = system_layout(problem.y, per_system, problem.images)
         sigmas = problem.timestep_sigmas(respaced_timesteps)
         out = torch.empty(problem.x_shape, device=problem.y.device, dtype=problem.y.dtype)
         log_z = torch.empty(layout.num_systems, device=out.device, dtype=torch.float64)

@@ -51,54 +51,55 @@ def negated_null_text(null_embeds: Tensor, image_features: Tensor, lr: float, it
 @register
 @dataclass
 class TReg(Method):
-    r"""Regularization by texts (Kim, Park, Chung & Ye, "Regularization by Texts for Latent
-    Diffusion Inverse Solvers", ICLR 2025; official code ``TReg-inverse/TReg``,
-    ``solver/latent_diffusion.py``, ``TRegSolver``, run by ``solve.py``).
+    r"""Regularization by texts, TReg (Kim, Park, Chung & Ye, "Regularization by Texts for Latent
+    Diffusion Inverse Solvers", ICLR 2025).
 
-    On a text-conditioned latent prior (Stable Diffusion) with decoder ``G`` and encoder ``E``,
-    DDIM (eta 0) over the official loop's timesteps; every ``consistency_every``-th step
-    before ``consistency_until * steps`` (step ``i % 3 == 0 and i < 170`` of 200 there):
+    Official code: TReg-inverse/TReg (``solver/latent_diffusion.py``, ``TRegSolver``, run by
+    ``solve.py``).  On a text-conditioned latent prior (Stable Diffusion) with decoder ``G`` and
+    encoder ``E``, DDIM (eta 0) over the official loop's timesteps
+    (:func:`~invsolve.samplers.text_guidance.sd_ddim_levels`: "leading" timesteps, the UNet asked
+    one timestep above each state's noise level, start ``N(0, I)`` in VP).  Every
+    ``consistency_every``-th step before ``consistency_until * steps`` (``i % 3 == 0 and i < 170``
+    of 200 there):
 
-    1. the network's ``eps`` and Tweedie's ``z0 = z - sigma eps``
-       (:func:`~invsolve.samplers.text_guidance.network_estimate`) with classifier-free
-       guidance ``w`` between the prompt and the (negated) null text;
-    2. data consistency in pixels, ``x_y = argmin ||y - A x||^2 + lambda ||x - G(z0)||^2``
-       by ``cg_iterations`` conjugate-gradient steps from ``G(z0)``
-       (:func:`~invsolve.samplers.text_guidance.consistent_image`); ``z0y = E(x_y)``;
+    1. ``eps`` and ``z0 = z - sigma eps`` (:func:`~invsolve.samplers.text_guidance.network_estimate`)
+       with classifier-free guidance ``w`` between the prompt and the (negated) null text;
+    2. ``x_y = argmin ||y - A x||^2 + lambda ||x - G(z0)||^2`` by ``cg_iterations`` CG steps from
+       ``G(z0)`` (:func:`~invsolve.samplers.text_guidance.consistent_image`), ``z0y = E(x_y)``;
     3. adaptive negation (:func:`negated_null_text`) of the null text against the CLIP image
        features of ``x_y``;
-    4. with ``abar' = 1 / (1 + sigma'^2)``, the blend ``zb = abar' z0y + (1 - abar') z0`` is
-       renoised as the official VP update ``sqrt(abar') zb + (1 - abar') eps + sqrt((1 - abar') abar') n``,
-       i.e. in VE ``z' = zb + sigma' / sqrt(1 + sigma'^2) (sigma' eps + n)``.
+    4. with ``abar' = 1 / (1 + sigma'^2)``, ``zb = abar' z0y + (1 - abar') z0`` renoised as the
+       official VP update, in VE ``z' = zb + sigma' / sqrt(1 + sigma'^2) (sigma' eps + n)``.
 
-    Other steps are plain guided DDIM, or with ``use_dps`` the official DPS option: the
-    null-text-only estimate (guidance 0) and its DDIM step minus ``dps_step`` (default
-    ``sqrt(abar')``, VP units, i.e. ``sqrt(1 + sigma^2)`` in VE) times the gradient of
-    ``||y - A G(z0)||``.  The result is ``G(z0)`` of the last step.
+    Other steps are guided DDIM, or with ``use_dps`` the official DPS option: the null-text
+    estimate (guidance 0) and its DDIM step minus ``dps_step`` (default ``sqrt(abar')`` in VP,
+    ``sqrt(1 + sigma^2)`` in VE) times the gradient of ``||y - A G(z0)||``.  The result is
+    ``G(z0)`` of the last step.  Defaults are the official commands': 200 steps,
+    ``guidance_scale`` 4 (``solve.py``; its README examples pass 5), ``null_prompt`` "out of focus,
+    depth of field" with adaptive negation (every README command; ``solve.py``'s own defaults are
+    "" and off), ``negation_lr`` 8e-4 (``solve.py``; the README varies it from 5e-4 to 1e-3 per
+    image), 10 Adam steps, ``cg_lambda`` 1e-4 with 5 CG iterations.  ``prompt=None`` takes the
+    prior's prompt; ``clip_model`` names the CLIP image encoder (officially OpenAI's ViT-L/14),
+    loaded by :func:`priors.clip_image.load_clip_image_encoder`.  NFE counts guided denoiser calls
+    (two UNet passes each when ``guidance_scale`` is not 0 or 1).
 
-    Defaults are what the official commands run: 200 steps; ``guidance_scale`` 4
-    (``solve.py``'s default; its README examples pass 5); ``null_prompt`` "out of focus,
-    depth of field" and adaptive negation on (every README command passes them;
-    ``solve.py``'s own defaults are "" and off); ``negation_lr`` 8e-4 (``solve.py``; the README
-    varies it from 5e-4 to 1e-3 per image); 10 Adam steps; ``cg_lambda`` 1e-4 with 5 CG
-    iterations.  ``prompt=None`` takes the prior's prompt (``load_prior(..., prompt=...)``).
-    ``clip_model`` names the CLIP image encoder (the official code uses OpenAI's ViT-L/14);
-    it is loaded by :func:`priors.clip_image.load_clip_image_encoder` from a folder or the Hub.
+    Deviations from the official code:
 
-    The grid is the official loop's (:func:`~invsolve.samplers.text_guidance.sd_ddim_levels`:
-    "leading" timesteps, the UNet asked one timestep above each state's noise level, the
-    start ``N(0, I)`` in VP).  Differences from the official code: the encoder returns the
-    KL posterior mean where the official code samples it; CG stops early on a relative
-    residual of 1e-6 (not an absolute 1e-4); samples are independent rows (the official
-    script solves one image at a time).
-    ``consistency="prox"`` uses the operator's own exact prox instead of 5 CG iterations
-    (an option; with lambda 1e-4 it amplifies noise where A's singular values are small).
-    NFE counts guided denoiser calls (two UNet passes each when ``guidance_scale`` is not 0 or 1).
+    * the encoder returns the KL posterior mean (the code samples it);
+    * CG stops early on a relative residual of 1e-6 (not an absolute 1e-4);
+    * samples are independent rows (the official script solves one image at a time);
+    * option ``consistency="prox"``: the operator's exact prox instead of 5 CG iterations (with
+      lambda 1e-4 it amplifies noise where A's singular values are small).
     """
 
     name = "treg"
     needs = ("adjoint", "latent", "text")
     default_steps = 200
+    cost = (
+        "1 guided network call (2 UNet passes under CFG) per step; on consistency steps also 1 decoder pass, "
+        "cg_iterations A^T A applications, 1 encoder pass and 1 CLIP image encoding with negation_iterations "
+        "Adam steps; use_dps steps add 1 decoder pass and 1 backprop through decoder and UNet"
+    )
     summary = ("regularization by texts: prompt CFG, CG data consistency on decoded images, "
                "adaptive negation (needs a CLIP image encoder, clip_model)")
 

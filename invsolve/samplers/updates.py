@@ -127,5 +127,9 @@ def misfit_gradient(operator: Any, x: Tensor, y: Tensor, adjoint_y: Tensor | Non
 
 
 def ve_step_factor(sigma: float, sigma_next: float) -> float:
-    """``sqrt((1 + sigma^2)(1 + sigma'^2))``: turns a constant VP step size into VE form (ALGORITHMS.md)."""
+    """``sqrt((1 + sigma^2)(1 + sigma'^2))``: turns a constant VP step size into VE form.
+
+    With ``x_vp = x / sqrt(1 + sigma^2)`` the VP gradient is ``g_vp = sqrt(1 + sigma^2) g``, and the
+    VP correction ``x'_vp -= zeta g_vp`` at level ``sigma'`` is ``x' -= zeta sqrt((1 + sigma^2)(1 + sigma'^2)) g``
+    in VE (``x' = sqrt(1 + sigma'^2) x'_vp``)."""
     return math.sqrt((1 + sigma**2) * (1 + sigma_next**2))

@@ -161,6 +161,32 @@ def test_system_layout_groups_copies_of_a_measurement():
     assert len(pairs) == 6  # every row its own draw
 
 
+def test_system_layout_follows_the_rows_of_y_and_keeps_images_apart():
+    # Rows sample * 2 + image, image 0 sorting after image 1: systems c * 2 + image, not value order.
+    y = torch.tensor([[2.0], [1.0], [2.0], [1.0], [2.0], [1.0]])
+    layout = system_layout(y, per_system=2)
+    assert layout.system.tolist() == [0, 1, 0, 1, 2, 3] and layout.slot.tolist() == [0, 0, 1, 1, 0, 0]
+    assert layout.distinct.flatten().tolist() == [2.0, 1.0] and layout.measurement.tolist() == [0, 1, 0, 1]
+    assert layout.representative.tolist() == [0, 1, 4, 5]
+    # Two images with the same measurement share systems only when they share a generator.
+    same = torch.ones(4, 1)
+    assert system_layout(same, per_system=2).system.tolist() == [0, 0, 1, 1]
+    assert system_layout(same, per_system=2, images=2).system.tolist() == [0, 1, 0, 1]
+
+
+@pytest.mark.parametrize("shift", [-1.0, 0.0])  # image 1 sorting before image 0; two equal images
+def test_pnpdm_batch_equals_its_images_alone_when_chains_serve_several_samples(shift):
+    # 3 samples per image, 2 per chain (the contract suite's short chain keeps one per chain).
+    prior, op, y, sigma_y, _ = make_gmm_problem(8, 4, seed=0)
+    batch_y = torch.cat([y, y + shift])
+    common = dict(steps=10, num_samples=3, noise_sigma=sigma_y, progress=False, samples_per_chain=2)
+    assert PnPDM(samples_per_chain=2).kept_iterations(10) == [6, 9]
+    batch = solve(batch_y, op, prior, method="pnpdm", seed=[3, 4], **common).samples
+    for b, seed in enumerate([3, 4]):
+        alone = solve(batch_y[b:b + 1], op, prior, method="pnpdm", seed=seed, **common).samples
+        torch.testing.assert_close(batch[:, b], alone[:, 0], rtol=0, atol=1e-10 * float(alone.abs().max()))
+
+
 def test_resampling_follows_the_weights_and_evidence_accumulates():
     g = torch.Generator().manual_seed(0)
     log_w = torch.log(torch.tensor([[0.1, 0.2, 0.7]], dtype=F64))
