@@ -153,6 +153,7 @@ def matrix_page(data: dict[str, Any]) -> list[str]:
         f"{data['config']['size']} px, {len(data['images'])} image(s) ({data['image_source']}); steps: {steps}.",
         "Outputs are clamped to [-1, 1] before scoring. Flags as written by the benchmark:",
         "† a non-finite output on some image, ‡ more than 3 dB below the no-learning PSNR on some image.",
+        "Why official defaults lose on some cells (measured on a larger 64 px run): {ref}`matrix-64px-run`.",
         "",
         *provenance(data),
         "## Tasks",

@@ -3,7 +3,7 @@
 Threads: one torch thread unless ``OMP_NUM_THREADS`` asks for more.  Tiny tensors gain
 nothing from intra-op threads, so the default is one.  Setting ``OMP_NUM_THREADS=2`` or
 ``4`` runs the in-process tests with that many threads, which changes the order of float
-reductions: tolerances must hold for any count (see the README's "Running the tests").
+reductions: tolerances must hold for any count (see docs/testing.md).
 
 Fixtures: the tiny diffusers pixel prior and the tiny latent pipelines are saved once per
 session (tests copy a folder before changing it); the Gaussian-mixture problem is built

@@ -1,4 +1,4 @@
-"""The command line end to end on a tiny diffusers prior, its error messages, and the README."""
+"""The command line end to end on a tiny diffusers prior and its error messages."""
 
 import contextlib
 import io
@@ -282,31 +282,3 @@ def test_restore_script_wraps_the_command_line(monkeypatch, capsys):
         runpy.run_path(str(ROOT / "scripts" / "restore.py"), run_name="__main__")
     assert stop.value.code == 0
     assert "--measurement" in capsys.readouterr().out
-
-
-def readme_block(marker):
-    """The fenced code block that follows ``marker`` in README.md."""
-    text = (ROOT / "README.md").read_text()
-    after = text.split(marker, 1)[1]
-    return re.search(r"```(?:python|bash)\n(.*?)```", after, re.DOTALL).group(1)
-
-
-def test_readme_python_quick_start_runs(capsys):
-    code = readme_block("<!-- executed by tests/test_cli.py -->")
-    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
-    stdout = capsys.readouterr().out
-    assert "exact posterior mean" in stdout
-
-
-def test_ci_runs_the_readme_test_command():
-    command = readme_block("## Running the tests").strip()
-    assert command == "python -m pytest -q"
-    script = (ROOT / ".ci" / "run").read_text()
-    assert command in script.splitlines()
-    assert script.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in script
-
-
-def test_readme_tables_name_every_operator_and_method():
-    text = (ROOT / "README.md").read_text()
-    for name in [*operators.available(), *methods()]:
-        assert f"| `{name}` |" in text, f"README.md does not list {name!r}"
