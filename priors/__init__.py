@@ -1,5 +1,5 @@
 """Diffusion priors: analytic Gaussian / mixture priors, diffusers pixel and latent models,
-ADM checkpoints, the bundled default, and wrappers (tiling, clipping); restoration networks
+ADM checkpoints, flow-matching (velocity) models, the bundled default, and wrappers (tiling, clipping); restoration networks
 and learned proximal networks as priors."""
 
 from priors.adm import ADMPrior, load_adm, resolve_adm_checkpoint
@@ -8,6 +8,7 @@ from priors.base import LatentPrior, Prior, is_latent_prior, is_prior, is_proxim
 from priors.clipped import ClippedPrior
 from priors.diffusers_latent import DiffusersLatentPrior, TextConditionedDenoiser
 from priors.diffusers_pixel import DiffusersPixelPrior
+from priors.flow import VelocityPrior, from_velocity
 from priors.gaussian import GaussianMixturePrior, GaussianPrior
 from priors.image_format import fixed_size, image_mode
 from priors.loading import load_prior
@@ -36,7 +37,9 @@ __all__ = [
     "Tiled",
     "TiledLatent",
     "VPDenoiser",
+    "VelocityPrior",
     "fixed_size",
+    "from_velocity",
     "image_mode",
     "is_latent_prior",
     "is_prior",
