@@ -6,6 +6,7 @@ from priors.adm import ADMPrior, load_adm, resolve_adm_checkpoint
 from priors.adm_unet import ADMConfig, ADMUNet
 from priors.base import LatentPrior, Prior, is_latent_prior, is_prior, is_proximal_prior, is_restorer_prior
 from priors.clipped import ClippedPrior
+from priors.diffusers_flow_pixel import DiffusersFlowPixelPrior
 from priors.diffusers_latent import DiffusersLatentPrior, TextConditionedDenoiser
 from priors.diffusers_pixel import DiffusersPixelPrior
 from priors.flow import VelocityPrior, from_velocity
@@ -24,6 +25,7 @@ __all__ = [
     "ADMUNet",
     "ClippedPrior",
     "ConvexPotential",
+    "DiffusersFlowPixelPrior",
     "DiffusersLatentPrior",
     "DiffusersPixelPrior",
     "GaussianMixturePrior",
