@@ -86,10 +86,11 @@ def flow_time_grid(
 def denoise_from_velocity(velocity: Velocity, x: Tensor, sigma: Tensor) -> Tensor:
     """``D(x, sigma) = x_t - t v(x_t, t)`` with ``t = sigma / (1 + sigma)``, ``x_t = x / (1 + sigma)``.
 
-    ``sigma`` has shape ``(N,)``; ``velocity`` gets ``t`` of shape ``(N,)`` in the
-    network's dtype.
+    ``sigma`` has shape ``(N,)`` (a scalar is expanded); ``velocity`` gets ``x_t`` and
+    ``t`` of shape ``(N,)`` in ``x``'s dtype.
     """
-    sigma = sigma.to(x.dtype)
+    sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype)
+    sigma = sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma
     t = time_of_sigma(sigma)
     shape = (-1, *([1] * (x.ndim - 1)))
     x_t = x / (1.0 + sigma).reshape(shape)

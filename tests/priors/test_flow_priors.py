@@ -76,6 +76,8 @@ def test_denoise_passes_the_flow_point_and_time_to_the_velocity():
     assert torch.allclose(seen["t"], torch.tensor([0.5, 0.75], dtype=F64))
     assert torch.allclose(seen["x_t"], torch.tensor([[3.0] * 3, [1.5] * 3], dtype=F64))
     assert torch.allclose(out, torch.tensor([[2.5] * 3, [0.75] * 3], dtype=F64))  # x_t - t * 1
+    from_velocity(v, data_shape=(3,)).denoise(x, torch.tensor(1.0, dtype=F64))  # a scalar sigma is expanded
+    assert seen["t"].shape == (2,)
 
 
 # ------------------------------------------------------------------ the scheduler's grid
