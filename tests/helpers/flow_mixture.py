@@ -5,8 +5,8 @@ Along ``x_t = (1 - t) x0 + t eps`` a mixture ``sum_k w_k N(mu_k, C_k)`` stays a 
 ``E[eps - x0 | x_t]`` is closed form (:meth:`priors.GaussianMixturePrior.velocity`).
 :func:`flow_mixture` hands that velocity to :func:`priors.from_velocity`: the exact mixture as a
 flow prior.  :func:`ve_twin` is the same mixture as a VE prior on the flow prior's levels
-(``sigma_min``, ``sigma_max``, the ``sigmas`` table), so a method runs the same grid on both and
-only the flow/VE conversion differs.  :func:`make_flow_gmm_problem` is the MCGdiff mixture problem
+(``sigma_min``, ``sigma_max``, the ``sigmas`` table, the ``flow_times`` grid), so a method runs the
+same grid on both and only the flow/VE conversion differs.  :func:`make_flow_gmm_problem` is the MCGdiff mixture problem
 (:func:`invsolve.benchmarks.gmm_problem.make_gmm_problem`) with both priors; its exact posterior is
 again a mixture, whose path marginals and velocity come from the same two functions.
 """
@@ -31,10 +31,12 @@ def flow_mixture(mixture: GaussianMixturePrior, shift: float = 1.0, train_steps:
 
 
 def ve_twin(mixture: GaussianMixturePrior, flow: VelocityPrior) -> GaussianMixturePrior:
-    """``mixture`` as a VE prior with ``flow``'s ``sigma_min``, ``sigma_max`` and ``sigmas`` table."""
+    """``mixture`` as a VE prior with ``flow``'s ``sigma_min``, ``sigma_max``, ``sigmas`` table and
+    ``flow_times`` grid (what flow methods read through ``Problem.flow_times``)."""
     twin = copy.copy(mixture)
     twin.alphas_cumprod = None
     twin.sigma_min, twin.sigma_max, twin.sigmas = flow.sigma_min, flow.sigma_max, flow.sigmas.clone()
+    twin.flow_times = flow.flow_times
     return twin
 
 
