@@ -1,5 +1,5 @@
 """Diffusion priors: analytic Gaussian / mixture priors, diffusers pixel and latent models,
-ADM checkpoints, the bundled default, and wrappers (tiling, clipping); restoration networks
+ADM checkpoints, flow-matching (velocity) models, the bundled default, and wrappers (tiling, clipping); restoration networks
 and learned proximal networks as priors."""
 
 from priors.adm import ADMPrior, load_adm, resolve_adm_checkpoint
@@ -7,8 +7,10 @@ from priors.adm_unet import ADMConfig, ADMUNet
 from priors.base import LatentPrior, Prior, is_latent_prior, is_prior, is_proximal_prior, is_restorer_prior
 from priors.clipped import ClippedPrior
 from priors.diffusers_flow_latent import FlowLatentPrior
+from priors.diffusers_flow_pixel import DiffusersFlowPixelPrior
 from priors.diffusers_latent import DiffusersLatentPrior, TextConditionedDenoiser
 from priors.diffusers_pixel import DiffusersPixelPrior
+from priors.flow import VelocityPrior, from_velocity
 from priors.gaussian import GaussianMixturePrior, GaussianPrior
 from priors.image_format import fixed_size, image_mode
 from priors.loading import load_prior
@@ -24,6 +26,7 @@ __all__ = [
     "ADMUNet",
     "ClippedPrior",
     "ConvexPotential",
+    "DiffusersFlowPixelPrior",
     "DiffusersLatentPrior",
     "DiffusersPixelPrior",
     "FlowLatentPrior",
@@ -38,7 +41,9 @@ __all__ = [
     "Tiled",
     "TiledLatent",
     "VPDenoiser",
+    "VelocityPrior",
     "fixed_size",
+    "from_velocity",
     "image_mode",
     "is_latent_prior",
     "is_prior",

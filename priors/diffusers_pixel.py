@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import Tensor
 
@@ -16,6 +16,42 @@ def _uses_attention(config: Any) -> bool:
     blocks = tuple(config.down_block_types) + tuple(config.up_block_types)
     mid_attention = config.mid_block_type is not None and getattr(config, "add_attention", True)
     return mid_attention or any("Attn" in name for name in blocks)
+
+
+class UNetLayout(NamedTuple):
+    """What a ``UNet2DModel`` config says about its inputs (:func:`unet_layout`)."""
+
+    channels: int
+    data_shape: tuple[int, int, int] | None
+    downsampling: int
+    integer_timesteps: bool
+
+
+def unet_layout(config: Any, variance_channels: bool = True) -> UNetLayout:
+    """The image channels, the fixed ``data_shape`` (``None`` without attention: any size), the
+    down-sampling factor and whether timesteps are integers (``learned`` embedding) of an
+    unconditional ``UNet2DModel`` config.  Outputs may carry as many learned-variance channels
+    again when ``variance_channels``; Fourier-embedded and class-conditional UNets are refused."""
+    if config.time_embedding_type not in SUPPORTED_TIME_EMBEDDINGS:
+        raise ValueError(
+            f"time_embedding_type {config.time_embedding_type!r} is not a DDPM timestep embedding "
+            f"(supported: {', '.join(SUPPORTED_TIME_EMBEDDINGS)}); Fourier-embedded UNets are "
+            "continuous-time score-SDE models, not DDPM / VP models"
+        )
+    if config.num_class_embeds is not None or config.class_embed_type is not None:
+        raise ValueError("class-conditional UNet2DModels are not supported; use an unconditional model")
+    channels, out_channels = config.in_channels, config.out_channels
+    allowed = (channels, 2 * channels) if variance_channels else (channels,)
+    if out_channels not in allowed:
+        wanted = f"{channels} (or {2 * channels} with learned variances)" if variance_channels else f"{channels}"
+        raise ValueError(f"the UNet maps {channels} channels to {out_channels}; a denoiser needs {wanted}")
+    data_shape = None
+    if _uses_attention(config) and config.sample_size is not None:
+        size = config.sample_size
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        data_shape = (channels, int(height), int(width))
+    downsampling = 2 ** (len(config.block_out_channels) - 1)
+    return UNetLayout(channels, data_shape, downsampling, config.time_embedding_type == "learned")
 
 
 class DiffusersPixelPrior(VPDenoiser):
@@ -54,34 +90,15 @@ class DiffusersPixelPrior(VPDenoiser):
         data_range: tuple[float, float] | None = (-1.0, 1.0),
         clip_sample: bool = False,
     ):
-        config = unet.config
-        if config.time_embedding_type not in SUPPORTED_TIME_EMBEDDINGS:
-            raise ValueError(
-                f"time_embedding_type {config.time_embedding_type!r} is not a DDPM timestep embedding "
-                f"(supported: {', '.join(SUPPORTED_TIME_EMBEDDINGS)}); Fourier-embedded UNets are "
-                "continuous-time score-SDE models, not DDPM / VP models"
-            )
-        if config.num_class_embeds is not None or config.class_embed_type is not None:
-            raise ValueError("class-conditional UNet2DModels are not supported; use an unconditional model")
-        channels, out_channels = config.in_channels, config.out_channels
-        if out_channels not in (channels, 2 * channels):
-            raise ValueError(
-                f"the UNet maps {channels} channels to {out_channels}; a denoiser needs "
-                f"{channels} (or {2 * channels} with learned variances)"
-            )
-        data_shape = None
-        if _uses_attention(config) and config.sample_size is not None:
-            size = config.sample_size
-            height, width = (size, size) if isinstance(size, int) else tuple(size)
-            data_shape = (channels, int(height), int(width))
+        layout = unet_layout(unet.config)
         super().__init__(
             unet,
             alphas_cumprod,
             prediction_type,
-            channels=channels,
-            data_shape=data_shape,
-            downsampling=2 ** (len(config.block_out_channels) - 1),
-            integer_timesteps=config.time_embedding_type == "learned",
+            channels=layout.channels,
+            data_shape=layout.data_shape,
+            downsampling=layout.downsampling,
+            integer_timesteps=layout.integer_timesteps,
             data_range=data_range,
             clip_sample=clip_sample,
         )

@@ -54,23 +54,43 @@ def shifted_times(t: Tensor, shift: float = 1.0, mu: float | None = None) -> Ten
     return s * t / (1.0 + (s - 1.0) * t)
 
 
-def flow_time_grid(steps: int, train_steps: int = 1000, shift: float = 1.0, mu: float | None = None) -> Tensor:
+def flow_time_grid(
+    steps: int,
+    train_steps: int = 1000,
+    shift: float = 1.0,
+    mu: float | None = None,
+    base_end: float | None = None,
+) -> Tensor:
     """``steps + 1`` descending flow times ending at 0, as diffusers'
-    ``FlowMatchEulerDiscreteScheduler.set_timesteps`` builds them: ``steps`` times evenly
-    spaced from 1 to ``1 / train_steps``, shifted, then a final 0 (float64)."""
+    ``FlowMatchEulerDiscreteScheduler.set_timesteps(steps)`` builds them (float64).
+
+    ``steps`` base times evenly spaced from 1 to ``base_end``, shifted, then a final 0.
+    The scheduler spaces them between its training sigmas' ends, which it has already
+    shifted once, so with a static ``shift`` the default ``base_end`` is
+    ``shifted(1 / train_steps)`` and that end is shifted twice (as in SD3 pipelines,
+    which call ``set_timesteps(steps)``); with dynamic shifting (``mu``) the training
+    sigmas are unshifted and ``base_end = 1 / train_steps``.  FLUX pipelines pass their own
+    base ``linspace(1, 1 / steps, steps)``: ``base_end = 1 / steps``.
+    """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    base = torch.linspace(1.0, 1.0 / train_steps, steps, dtype=torch.float64)
+    if train_steps < 1:
+        raise ValueError(f"train_steps must be >= 1, got {train_steps}")
+    if base_end is None:
+        first = torch.tensor(1.0 / train_steps, dtype=torch.float64)
+        base_end = float(first if mu is not None else shifted_times(first, shift))
+    base = torch.linspace(1.0, float(base_end), steps, dtype=torch.float64)
     return torch.cat([shifted_times(base, shift, mu), base.new_zeros(1)])
 
 
 def denoise_from_velocity(velocity: Velocity, x: Tensor, sigma: Tensor) -> Tensor:
     """``D(x, sigma) = x_t - t v(x_t, t)`` with ``t = sigma / (1 + sigma)``, ``x_t = x / (1 + sigma)``.
 
-    ``sigma`` has shape ``(N,)``; ``velocity`` gets ``t`` of shape ``(N,)`` in the
-    network's dtype.
+    ``sigma`` has shape ``(N,)`` (a scalar is expanded); ``velocity`` gets ``x_t`` and
+    ``t`` of shape ``(N,)`` in ``x``'s dtype.
     """
-    sigma = sigma.to(x.dtype)
+    sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype)
+    sigma = sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma
     t = time_of_sigma(sigma)
     shape = (-1, *([1] * (x.ndim - 1)))
     x_t = x / (1.0 + sigma).reshape(shape)
@@ -80,10 +100,13 @@ def denoise_from_velocity(velocity: Velocity, x: Tensor, sigma: Tensor) -> Tenso
 class VelocityPrior(Prior):
     """A prior from a velocity field ``v(x_t, t) ~ eps - x0`` on ``x_t = (1 - t) x0 + t eps``.
 
-    ``sigma_min`` / ``sigma_max`` are the VE levels of ``t_min`` / ``t_max``; ``sigmas``
-    is the ascending VE table of the ``train_steps`` shifted training times ``k / T``
-    (so table-grid methods pick the flow model's own levels); ``flow_times(steps)`` is
-    the scheduler's inference grid (:func:`flow_time_grid`) below ``t_max``.
+    ``sigma_min`` / ``sigma_max`` are the VE levels of ``t_min`` / ``t_max`` (``t_min``
+    defaults to the scheduler's smallest training time, ``shifted(1 / T)``); ``sigmas`` is
+    the ascending float64 VE table of the ``T = train_steps`` shifted training times
+    ``shifted(k / T)``, ``k = 1 .. T`` (the scheduler's training sigmas), capped at
+    ``t_max`` since ``t = 1`` has no finite VE level, so table-grid methods pick the flow
+    model's own levels; ``flow_times(steps)`` is the scheduler's inference grid
+    (:func:`flow_time_grid`) capped at ``t_max``.
     """
 
     def __init__(
@@ -102,7 +125,7 @@ class VelocityPrior(Prior):
             raise ValueError(f"shift must be positive, got {shift}")
         if int(train_steps) < 1:
             raise ValueError(f"train_steps must be >= 1, got {train_steps}")
-        t_min = float(shifted_times(torch.tensor(1.0 / train_steps), shift)) if t_min is None else float(t_min)
+        t_min = float(shifted_times(torch.tensor(1.0 / train_steps, dtype=torch.float64), shift)) if t_min is None else float(t_min)
         if not 0.0 < t_min < t_max < 1.0:
             raise ValueError(f"need 0 < t_min < t_max < 1, got t_min={t_min}, t_max={t_max}")
         self.velocity = velocity
@@ -112,7 +135,7 @@ class VelocityPrior(Prior):
         self.sigma_min, self.sigma_max = float(sigma_of_time(t_min)), float(sigma_of_time(self.t_max))
         self.data_range = data_range
         times = shifted_times(torch.arange(1, self.train_steps + 1, dtype=torch.float64) / self.train_steps, shift)
-        self.sigmas = sigma_of_time(times.clamp(max=self.t_max)).to(torch.float32)
+        self.sigmas = sigma_of_time(times.clamp(max=self.t_max))
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         return denoise_from_velocity(self.velocity, x, sigma)

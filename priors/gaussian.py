@@ -98,11 +98,15 @@ class GaussianMixturePrior(Prior):
     def _from_eigenbasis(self, u: Tensor, Q: Tensor | None) -> Tensor:
         return u if Q is None else torch.einsum("kij,nkj->nki", Q, u)
 
-    def _component_terms(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """Log responsibilities (unnormalised), eigen-coordinates and variances."""
+    def _component_terms(
+        self, x: Tensor, sigma: Tensor, scale: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Log responsibilities (unnormalised), eigen-coordinates ``Q_k^T (x - a mu_k)`` and
+        variances ``a^2 lambda_k + sigma^2`` of ``x = a x0 + sigma eps`` (``a = scale``, default 1)."""
         w, mu, lam, Q = self._params(x)
-        var = lam[None] + sigma.reshape(-1, 1, 1).to(x) ** 2  # (N, K, n)
-        u = self._to_eigenbasis(x.flatten(1)[:, None] - mu[None], Q)
+        a = 1.0 if scale is None else scale.reshape(-1, 1, 1).to(x)
+        var = a**2 * lam[None] + sigma.reshape(-1, 1, 1).to(x) ** 2  # (N, K, n)
+        u = self._to_eigenbasis(x.flatten(1)[:, None] - a * mu[None], Q)
         n = u.shape[-1]
         log_lik = -0.5 * ((u**2 / var).sum(-1) + var.log().sum(-1) + n * math.log(2 * math.pi))
         return log_lik + w.log()[None], u, var, Q
@@ -134,6 +138,30 @@ class GaussianMixturePrior(Prior):
         v = c + sigma2
         gamma = torch.softmax(w.log() + (flat @ mu.T - 0.5 * (mu**2).sum(1)) / v, dim=1)
         return (c / v * flat + sigma2 / v * (gamma @ mu)).reshape(x.shape)
+
+    def velocity(self, x_t: Tensor, t: float | Tensor) -> Tensor:
+        r"""The exact rectified-flow velocity ``E[eps - x0 | x_t]`` on ``x_t = (1 - t) x0 + t eps``.
+
+        Along the path the mixture stays a mixture,
+        ``p_t = sum_k w_k N((1 - t) mu_k, S_k)`` with ``S_k = (1 - t)^2 C_k + t^2 I``; as
+        ``Cov(x0, x_t | k) = (1 - t) C_k`` and ``Cov(eps, x_t | k) = t I``,
+
+        .. math::
+            v(x_t, t) = \sum_k \gamma_k(x_t)\,[(t I - (1 - t) C_k) S_k^{-1} (x_t - (1 - t)\mu_k) - \mu_k],
+            \quad \gamma_k \propto w_k N(x_t; (1 - t)\mu_k, S_k),
+
+        one projection per component in ``C_k``'s eigenbasis.  ``t`` is a scalar or one
+        value per row in (0, 1] (at ``t = 1``, ``v = x_t - E[x0]``; ``t = 0`` needs full-rank
+        covariances).  Equals ``(x_t - D(x_t / (1 - t), t / (1 - t))) / t`` for ``t < 1``.
+        """
+        t = torch.as_tensor(t, device=x_t.device, dtype=x_t.dtype)
+        t = t.expand(x_t.shape[0]) if t.ndim == 0 else t
+        log_r, u, var, Q = self._component_terms(x_t, t, scale=1 - t)
+        _, mu, lam, _ = self._params(x_t)
+        gamma = torch.softmax(log_r, dim=1)  # (N, K)
+        b, a = t.reshape(-1, 1, 1), (1 - t).reshape(-1, 1, 1)
+        per_component = self._from_eigenbasis((b - a * lam[None]) / var * u, Q) - mu[None]
+        return (gamma[..., None] * per_component).sum(1).reshape(x_t.shape)
 
     def log_prob(self, x: Tensor, sigma: float | Tensor = 0.0) -> Tensor:
         """``log p_sigma(x)`` per item (``sigma = 0`` needs full-rank covariances)."""

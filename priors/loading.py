@@ -5,7 +5,8 @@ recognises it says where the model lives (a :class:`ModelLocation`).  The
 location's layout is then read from its JSON configs: a diffusers pipeline folder
 (``model_index.json`` with ``unet/`` and ``scheduler/``, plus ``vqvae/`` or ``vae/``
 for latent pipelines) or a bare ``UNet2DModel`` folder with its scheduler config
-beside it (``scheduler_config.json``) or in ``scheduler/``.  diffusers is imported only when a model is actually loaded.
+beside it (``scheduler_config.json``) or in ``scheduler/``; a ``FlowMatchEulerDiscreteScheduler``
+config makes the UNet a rectified-flow model.  diffusers is imported only when a model is actually loaded.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from priors.adm import resolve_adm_checkpoint
 from priors.base import Prior
 from priors.bundled import bundled
 from priors.diffusers_flow_latent import FlowLatentPrior
+from priors.diffusers_flow_pixel import DiffusersFlowPixelPrior
 from priors.diffusers_latent import AUTOENCODER_CLASSES, DiffusersLatentPrior, TextConditionedDenoiser
 from priors.diffusers_pixel import DiffusersPixelPrior
 from priors.flux import FluxDenoiser
@@ -44,15 +46,24 @@ from priors.sd3 import SD3Denoiser
 HUB_OPTIONS = ("revision", "cache_dir", "local_files_only", "token", "variant", "use_safetensors")
 _LATENT_COMPONENTS = ("vqvae", "vae")
 _LATENT_UNETS = ("UNet2DModel", "UNet2DConditionModel")
+#: Scheduler classes whose pixel UNet is a rectified-flow velocity model (:mod:`priors.diffusers_flow_pixel`).
+FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)
+
+
+def _is_flow(config: dict) -> bool:
+    """Whether a scheduler config is a rectified-flow one (``FlowMatchEulerDiscreteScheduler``)."""
+    return config.get("_class_name") in FLOW_SCHEDULERS
 
 
 def _scheduler(location: ModelLocation, config: dict) -> Any:
-    """A ``DDPMScheduler`` from ``config``; an unknown beta schedule or prediction type is a one-line error."""
-    from diffusers import DDPMScheduler
+    """The scheduler of ``config``: a ``FlowMatchEulerDiscreteScheduler`` for a flow config, else a
+    ``DDPMScheduler`` (whose noise schedule is all that is read); an unusable config is a one-line error."""
+    import diffusers
 
+    cls = diffusers.FlowMatchEulerDiscreteScheduler if _is_flow(config) else diffusers.DDPMScheduler
     try:
-        return DDPMScheduler.from_config(config)
-    except (NotImplementedError, ValueError, TypeError, KeyError) as err:
+        return cls.from_config(config)
+    except (NotImplementedError, ValueError, TypeError, KeyError, ImportError) as err:
         raise location.error(f"its scheduler config cannot be used: {_first_line(err)}") from None
 
 
@@ -96,7 +107,7 @@ def _find_unet_and_scheduler(location: ModelLocation, options: dict[str, Any]) -
 
 def _load_diffusers_pixel(
     location: ModelLocation, options: dict[str, Any], dtype: torch.dtype | None
-) -> DiffusersPixelPrior:
+) -> DiffusersPixelPrior | DiffusersFlowPixelPrior:
     unet_folder, scheduler_config = _find_unet_and_scheduler(location, options)
     from diffusers import UNet2DModel  # after the configs are found: the import takes seconds
     weights_dtype = {} if dtype is None else {"torch_dtype": dtype}
@@ -106,6 +117,8 @@ def _load_diffusers_pixel(
         raise location.error(f"its UNet2DModel weights cannot be loaded: {_first_line(err)}") from None
     scheduler = _scheduler(location, scheduler_config)
     unet.eval().requires_grad_(False)
+    if _is_flow(scheduler_config):
+        return DiffusersFlowPixelPrior.from_scheduler(unet, scheduler)
     return DiffusersPixelPrior.from_scheduler(unet, scheduler)
 
 
@@ -289,7 +302,10 @@ def load_prior(
     ``DDIMPipeline``, or a ``UNet2DModel`` folder with its scheduler config), the
     name of a bundled prior, or a Hugging Face Hub id such as
     ``"google/ddpm-celebahq-256"``.  Only the scheduler's noise schedule
-    (``alphas_cumprod``) and ``prediction_type`` are used, whatever its class.
+    (``alphas_cumprod``) and ``prediction_type`` are used, whatever its class, except
+    that a ``FlowMatchEulerDiscreteScheduler`` config makes the UNet a rectified-flow
+    velocity model (:class:`~priors.diffusers_flow_pixel.DiffusersFlowPixelPrior`, with
+    the scheduler's ``shift`` and ``num_train_timesteps``).
     ``device`` and ``dtype`` place the network (default: CPU, float32);
     ``kwargs`` go to the Hub download and ``from_pretrained`` (``revision``,
     ``cache_dir``, ``local_files_only``, ``token``, ``variant``, ``use_safetensors``).

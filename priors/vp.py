@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -38,6 +39,43 @@ def learned_range_variance(fraction: Tensor, sigma: Tensor, sigma_next: Tensor) 
     tiny = torch.finfo(fraction.dtype).tiny
     log_variance = fraction * large.clamp_min(tiny).log() + (1 - fraction) * small.clamp_min(tiny).log()
     return torch.where(sigma_next > 0, log_variance.exp(), torch.zeros_like(log_variance))
+
+
+def check_images(x: Tensor, sigma: Tensor, channels: int, data_shape: tuple[int, ...] | None) -> Tensor:
+    """Check images ``x`` of shape ``(N, channels, H, W)`` (``data_shape`` when fixed) and return
+    ``sigma`` as a non-negative tensor of shape ``(N,)`` in ``x``'s device and dtype."""
+    if x.ndim != 4 or x.shape[1] != channels:
+        raise ValueError(f"the prior expects images (N, {channels}, H, W), got shape {tuple(x.shape)}")
+    if data_shape is not None and tuple(x.shape[1:]) != data_shape:
+        raise ValueError(
+            f"this network has attention layers and models images of shape {data_shape}, "
+            f"got {tuple(x.shape[1:])}; resize the input to that size"
+        )
+    sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype)
+    if sigma.ndim == 0:
+        sigma = sigma.expand(x.shape[0])
+    if sigma.shape != (x.shape[0],):
+        raise ValueError(f"sigma must have shape ({x.shape[0]},), got {tuple(sigma.shape)}")
+    if (sigma < 0).any():
+        raise ValueError("sigma must be non-negative")
+    return sigma
+
+
+def run_padded(
+    call: Callable[[Tensor], Tensor], x: Tensor, downsampling: int, device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    """``call(inputs)`` on ``x`` moved to the network's ``device`` and ``dtype`` and padded (reflect,
+    or replicate when too small) to a multiple of ``downsampling``; the output is cropped back to
+    ``x``'s height and width and returned in ``x``'s device and dtype."""
+    height, width = x.shape[-2:]
+    pad_h, pad_w = -height % downsampling, -width % downsampling
+    inputs = x.to(device=device, dtype=dtype)
+    if pad_h or pad_w:
+        mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+        inputs = F.pad(inputs, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), mode=mode)
+    out = call(inputs)
+    top, left = pad_h // 2, pad_w // 2
+    return out[..., top : top + height, left : left + width].to(device=x.device, dtype=x.dtype)
 
 
 class VPDenoiser(Prior):
@@ -146,23 +184,7 @@ class VPDenoiser(Prior):
         return lower + fraction
 
     def _check_input(self, x: Tensor, sigma: Tensor) -> Tensor:
-        if x.ndim != 4 or x.shape[1] != self.channels:
-            raise ValueError(
-                f"the prior expects images (N, {self.channels}, H, W), got shape {tuple(x.shape)}"
-            )
-        if self.data_shape is not None and tuple(x.shape[1:]) != self.data_shape:
-            raise ValueError(
-                f"this network has attention layers and models images of shape {self.data_shape}, "
-                f"got {tuple(x.shape[1:])}; resize the input to that size"
-            )
-        sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype)
-        if sigma.ndim == 0:
-            sigma = sigma.expand(x.shape[0])
-        if sigma.shape != (x.shape[0],):
-            raise ValueError(f"sigma must have shape ({x.shape[0]},), got {tuple(sigma.shape)}")
-        if (sigma < 0).any():
-            raise ValueError("sigma must be non-negative")
-        return sigma
+        return check_images(x, sigma, self.channels, self.data_shape)
 
     def _call_unet(self, inputs: Tensor, timestep: Tensor) -> Tensor:
         """The raw network output for padded ``inputs`` at ``timestep`` (on the network's device)."""
@@ -171,24 +193,16 @@ class VPDenoiser(Prior):
     def _network(self, x_vp: Tensor, timestep: Tensor, channels: int | None = None) -> Tensor:
         """The first ``channels`` (default: the image's) output channels of the network for
         ``x_vp`` of any size, in ``x_vp``'s device and dtype."""
-        height, width = x_vp.shape[-2:]
-        pad_h, pad_w = -height % self.downsampling, -width % self.downsampling
-        inputs = x_vp.to(device=self.device, dtype=self.dtype)
-        if pad_h or pad_w:
-            mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-            padding = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
-            inputs = F.pad(inputs, padding, mode=mode)
-        timestep = timestep.round().long() if self.integer_timesteps else timestep.float()
-        out = self._call_unet(inputs, timestep.to(self.device))
-        top, left = pad_h // 2, pad_w // 2
+        timestep = (timestep.round().long() if self.integer_timesteps else timestep.float()).to(self.device)
+        out = run_padded(lambda inputs: self._call_unet(inputs, timestep), x_vp, self.downsampling, self.device,
+                         self.dtype)
         channels = self.channels if channels is None else channels
         if out.shape[1] < channels:
             raise ValueError(
                 f"the network returns {out.shape[1]} channels; learned_variance needs {channels} "
                 f"(the image's {self.channels} and as many variance channels)"
             )
-        out = out[:, :channels, top : top + height, left : left + width]
-        return out.to(device=x_vp.device, dtype=x_vp.dtype)
+        return out[:, :channels]
 
     def _posterior_mean(self, x: Tensor, x_vp: Tensor, s: Tensor, out: Tensor) -> Tensor:
         if self.prediction_type == "epsilon":
