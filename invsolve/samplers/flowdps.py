@@ -39,13 +39,16 @@ def consistency_direction(problem: Problem, x: Tensor, residual: str) -> Tensor:
     r = op(x) - problem.y
     u = op.adjoint(r) if residual == "adjoint" else op.pinv(r)
     norm = u.flatten(1).norm(dim=1).clamp_min(torch.finfo(u.dtype).tiny).view(-1, *([1] * (u.ndim - 1)))
-    return (op.normal(u) if residual == "adjoint" else u) / norm
+    if residual == "pinv":
+        return u / norm
+    problem.fused_operator_calls += u.shape[0]
+    return op.normal(u) / norm
 
 
 @register
 @dataclass
 class FlowDPS(Method):
-    r"""FlowDPS (Kim, Lee, Ye et al., "FlowDPS: Flow-Driven Posterior Sampling for Inverse
+    r"""FlowDPS (Kim, Kim & Ye, "FlowDPS: Flow-Driven Posterior Sampling for Inverse
     Problems", ICCV 2025), for latent flow priors (Stable Diffusion 3).
 
     Official code: github.com/FlowDPS-Inverse/FlowDPS, ``sd3_sampler.py`` (``SD3FlowDPS``)
