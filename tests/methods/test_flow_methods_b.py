@@ -24,7 +24,7 @@ from invsolve import solve
 from invsolve.samplers import Problem, registered
 from invsolve.samplers.flowdps import flowdps_times
 from operators import GaussianBlur, Inpainting, MatrixOperator, SuperResolution
-from priors import GaussianPrior
+from priors import GaussianPrior, load_prior
 from priors.flow import VelocityPrior, from_velocity
 from tests.helpers.linear_latent import make_linear_problem
 from tests.helpers.official_flow_rules_b import (
@@ -189,6 +189,20 @@ def test_flowdps_reaches_the_noise_floor_of_a_linear_latent_posterior():
                  step_size=1.0).samples
     weak_sw, _ = sw_and_floor(prior.encode(weak.reshape(n, -1)), posterior, n)
     assert sw < 2 * floor < weak_sw  # the check can fail: too small a step is 30x the floor away
+
+
+@pytest.mark.parametrize("layout", ["ldm-vq", "sd"])
+def test_flowdps_runs_end_to_end_on_a_saved_latent_pipeline(latent_pipelines, layout):
+    # Real diffusers folders (tests/helpers/latent_pipelines.py): one NFE per step, dc_steps decoder
+    # passes per step and the final decode.
+    prior = load_prior(latent_pipelines[0] / layout)
+    op = Inpainting("box", size=8, shape=(16, 16))
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    y = op.measure(x, 0.05, torch.Generator().manual_seed(1))
+    runs = [solve(y, op, prior, method="flowdps", steps=4, seed=3, noise_sigma=0.05, progress=False) for _ in range(2)]
+    assert runs[0].image.shape == (1, 3, 16, 16) and torch.isfinite(runs[0].image).all()
+    torch.testing.assert_close(runs[0].image, runs[1].image, rtol=0, atol=0)
+    assert runs[0].nfe == 4 and runs[0].decoder_calls == 4 * 3 + 1 == prior.decode_calls / 2
 
 
 # ------------------------------------------------------------------ defaults
