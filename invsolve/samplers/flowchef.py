@@ -59,6 +59,11 @@ class FlowChef(Method):
       residual is ``A(x̂_0) - y``.  ``noise_sigma`` does not enter the update; the official
       noisy runs (0.05) keep ``gradient_scale`` 500.
 
+    The step on ``x`` is ``(2 gamma / m) J_A^T J_A``, stable while ``gamma s_max^2 < m``
+    (``s_max`` the largest singular value of ``A``): the official 500 is sized for 64 x 64
+    images (``m`` = 12288 for deblurring); on a problem with a few measurements (the
+    posterior benchmark's mixture, ``m`` = 1 to 4) it diverges, and ``gamma`` must shrink with ``m``.
+
     Cost per step: 1 NFE, one operator call and one VJP through the operator (none through
     the network).
     """
