@@ -19,8 +19,9 @@ def clamped_time(problem: Problem, s: float) -> float:
     return min(max(s, low), high)
 
 
-def refine(problem: Problem, x_hat: Tensor, lam: float, iterations: int, tolerance: float) -> Tensor:
-    r"""``argmin_x ||A x - y||^2 / sigma_y^2 + ||x - x_hat||^2 / lam`` by conjugate gradients from ``x_hat``.
+def refine(problem: Problem, x_hat: Tensor, adjoint_y: Tensor, lam: float, iterations: int, tolerance: float) -> Tensor:
+    r"""``argmin_x ||A x - y||^2 / sigma_y^2 + ||x - x_hat||^2 / lam`` by conjugate gradients from ``x_hat``
+    (``adjoint_y = A^T y``).
 
     Solved as ``(A^T A + rho I) x = A^T y + rho x_hat`` with ``rho = sigma_y^2 / lam``: the
     official system times ``sigma_y^2``, whose CG iterates are the same, and which stays
@@ -34,7 +35,7 @@ def refine(problem: Problem, x_hat: Tensor, lam: float, iterations: int, toleran
         problem.fused_operator_calls += rows
         return op.normal(v) + rho * v
 
-    return conjugate_gradient(normal, op.adjoint(problem.y) + rho * x_hat, iterations, tolerance, x0=x_hat)
+    return conjugate_gradient(normal, adjoint_y + rho * x_hat, iterations, tolerance, x0=x_hat)
 
 
 @register
@@ -100,6 +101,8 @@ class Flower(Method):
 
     def run(self, problem: Problem) -> Tensor:
         steps = problem.steps
+        with torch.no_grad():
+            adjoint_y = problem.operator.adjoint(problem.y)
         x = problem.randn()
         for k in problem.iterate(range(steps), self.name):
             t, t_next = k / steps, (k + 1) / steps
@@ -107,7 +110,7 @@ class Flower(Method):
             with torch.no_grad():
                 x_hat = x - (1.0 - t) * velocity(problem, x, s)
                 lam = (1.0 - t) ** 2 / (t**2 + (1.0 - t) ** 2)
-                x_star = refine(problem, x_hat, lam, self.cg_iterations, self.cg_tolerance)
+                x_star = refine(problem, x_hat, adjoint_y, lam, self.cg_iterations, self.cg_tolerance)
                 x = x_star if k == steps - 1 else t_next * x_star + (1.0 - t_next) * problem.randn()
             problem.report(k, float(sigma_of(s)), x, x_hat)
         return x
