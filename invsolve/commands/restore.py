@@ -31,7 +31,7 @@ from invsolve.result import Result
 from invsolve.samplers import method_class
 from invsolve.validation import MAX_STEPS, check_method_options, infer_x_shape
 from operators.base import Operator
-from priors.compiled import accelerated
+from priors.compiled import load_accelerated
 
 #: The simulated measurement noise uses ``seed + MEASUREMENT_SEED_OFFSET`` so that it
 #: is independent of the sampler's noise, which uses ``seed``.
@@ -100,9 +100,8 @@ def run(args: argparse.Namespace) -> int:
     operator, args.noise_sigma = _operator_and_noise(args)
     device = resolve_device(args.device)
 
-    prior = accelerated(
-        priors.load_prior(args.prior, device=device, dtype=network_dtype(args.dtype)),
-        compile=args.compile, channels_last=args.channels_last,
+    prior = load_accelerated(
+        args.prior, device, network_dtype(args.dtype), compile=args.compile, channels_last=args.channels_last
     )
     mode = priors.image_mode(prior)
     notes = []

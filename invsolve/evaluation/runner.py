@@ -49,7 +49,7 @@ from invsolve.metrics import LPIPS, net_label
 from invsolve.resources import check_working_set
 from invsolve.samplers import registered
 from invsolve.validation import check_methods_fit
-from priors.compiled import accelerated
+from priors.compiled import load_accelerated
 
 logger = logging.getLogger(__name__)
 
@@ -78,11 +78,10 @@ def process_state(device: str | None) -> Any:
 
 def load_network(settings: EvaluationSettings, device: torch.device) -> Any:
     """The prior with its network in ``settings.dtype`` (float32: as loaded), compiled and / or
-    channels-last when asked (:func:`priors.compiled.accelerated`, which falls back to eager
+    channels-last when asked (:func:`priors.compiled.load_accelerated`, which falls back to eager
     with a warning where ``torch.compile`` cannot run)."""
     dtype = None if settings.dtype == "float32" else getattr(torch, settings.dtype)
-    prior = priors.load_prior(settings.prior, device=device, dtype=dtype)
-    return accelerated(prior, compile=settings.compile, channels_last=settings.channels_last)
+    return load_accelerated(settings.prior, device, dtype, compile=settings.compile, channels_last=settings.channels_last)
 
 
 def network_summary(settings: EvaluationSettings, prior: Any) -> dict[str, Any]:
