@@ -176,8 +176,8 @@ def solve(
     Precision and compilation belong to the prior, so they are chosen once, not per
     solve: ``load_prior(name, dtype=torch.bfloat16)`` (or ``float16``) runs the network
     in half precision while the sampler state, the data-consistency steps and the
-    operator stay float32 (:func:`working_dtype`); ``priors.compiled.accelerated(prior,
-    compile=True, channels_last=True)`` wraps the network in ``torch.compile`` (falling
+    operator stay float32 (:func:`working_dtype`); ``priors.compiled.load_accelerated(name,
+    compile=True, channels_last=True)`` (or ``accelerated(prior, ...)``) wraps the network in ``torch.compile`` (falling
     back to eager with a warning where it cannot run) and / or the channels-last layout.
     A compiled prior compiles at its first call per shape and is reused by later solves.
 

@@ -8,8 +8,9 @@ The time is ``overhead + NFE x t_call x factor``:
 * ``NFE``, whether the method backpropagates through the network, and the time spent outside the
   network (operator, SVD, decoder, the method's own arithmetic): two dry runs of ``solve()`` with
   :data:`DRY_STEPS` steps on the real measurement and operator, the network replaced by the exact
-  denoiser of ``N(0, I)`` data on the prior's own grid (no network call), extrapolated linearly to
-  the run's steps;
+  denoiser of ``N(0, I)`` data on the prior's own grid (no network call).  NFE is extrapolated
+  linearly to the run's steps, the time outside the network in proportion to them (per step as
+  in the second dry run, after the first has filled the operator's caches such as its SVD);
 * ``factor``: :data:`BACKPROP_FACTOR` for a method whose dry run sent a gradient back through the
   denoiser (found by a hook on its output, as :class:`invsolve.benchmarks.probes.RecordingPrior`
   does), else 1.
@@ -129,10 +130,9 @@ def estimate(
             except (ValueError, RuntimeError, FloatingPointError):  # the real run reports its own errors
                 return None
         runs.append((result.nfe, result.seconds, stand_in.backprop))
-    (nfe_a, sec_a, backprop), (nfe_b, sec_b, _) = runs
-    more = steps - DRY_STEPS[0]
-    nfe = max(0.0, nfe_a + more * (nfe_b - nfe_a))
-    overhead = max(0.0, sec_a + more * max(0.0, sec_b - sec_a))
+    (nfe_a, _, backprop), (nfe_b, seconds_b, _) = runs
+    nfe = max(0.0, nfe_a + (steps - DRY_STEPS[0]) * (nfe_b - nfe_a))
+    overhead = seconds_b * steps / DRY_STEPS[1]  # per step as in the second dry run (the first fills caches)
     per_call = seconds_per_call(prior, x_shape, num_samples)
     total = overhead + nfe * per_call * (BACKPROP_FACTOR if backprop else 1.0)
     return Estimate(method, steps, nfe, backprop, per_call, total)

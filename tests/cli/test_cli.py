@@ -134,6 +134,8 @@ def test_list_names_every_operator_and_method(capsys):
     for name in [*operators.available(), *methods()]:
         assert re.search(rf"^  {re.escape(name)}\b", stdout, re.MULTILINE), name
     assert "gaussian_blur" in stdout and "dps" in stdout and "priors" in stdout
+    rule = stdout.split("default method (no --method)", 1)[1].split("priors", 1)[0]
+    assert re.findall(r"^  (\w+) +when the operator", rule, re.MULTILINE)[:4] == ["ddrm", "diffpir", "dps", "enkg"]
 
 
 def test_list_shows_bundled_priors_and_presets(monkeypatch, capsys):
