@@ -147,12 +147,14 @@ def solve(
     operator nor the prior implies the shape of the unknown.  Remaining keyword
     arguments are the method's hyperparameters.
 
-    ``method=None`` picks the method that fits the operator (:func:`invsolve.method_choice.choose_method`):
-    DDRM where it has an SVD, DiffPIR where it has a proximal solve, DPS where it has only
-    vector-Jacobian products, EnKG for a black box (latent, restorer and proximal priors get
-    their own).  The pick is ``Result.method``, and ``Result.diagnostics["method_choice"]``
-    says why; it is logged at INFO level (the ``invsolve.api`` logger), not warned, since
-    nothing is wrong.  An explicit ``method=`` is used as given.
+    ``method=None`` picks the method that fits the operator
+    (:func:`invsolve.method_choice.choose_method`): DDRM where it has an SVD, DiffPIR where
+    it has a proximal solve, DPS where it has only vector-Jacobian products, EnKG for a
+    black box (latent, restorer and proximal priors get their own).  The pick is
+    ``Result.method`` and ``Result.diagnostics["method_choice"]`` says why (not
+    ``Result.options``, which must repeat the run as ``solve(**options)``); it is logged at
+    INFO level (the ``invsolve.api`` logger), not warned, since nothing is wrong.  An
+    explicit ``method=`` is used as given.
 
     ``seed`` may also be a sequence of ``B`` seeds, one per image of the measurement
     batch (``invsolve evaluate --batch-size``): each image draws its noise from its own
@@ -177,8 +179,9 @@ def solve(
     solve: ``load_prior(name, dtype=torch.bfloat16)`` (or ``float16``) runs the network
     in half precision while the sampler state, the data-consistency steps and the
     operator stay float32 (:func:`working_dtype`); ``priors.compiled.load_accelerated(name,
-    compile=True, channels_last=True)`` (or ``accelerated(prior, ...)``) wraps the network in ``torch.compile`` (falling
-    back to eager with a warning where it cannot run) and / or the channels-last layout.
+    compile=True, channels_last=True)`` (``accelerated(prior, ...)`` for a loaded prior)
+    wraps the network in ``torch.compile`` (falling back to eager with a warning where it
+    cannot run) and / or the channels-last layout.
     A compiled prior compiles at its first call per shape and is reused by later solves.
 
     A solve whose samples become NaN or infinite stops at that step: with
@@ -195,19 +198,18 @@ def solve(
     """
     if on_nan not in ON_NAN:
         raise ValueError(f"on_nan must be one of {', '.join(ON_NAN)}, got {on_nan!r}")
-    if method is not None:
-        method_class(method)
+    cls = None if method is None else method_class(method)
     if not hasattr(operator, "output_shape"):
         if not callable(operator):
             raise TypeError(f"operator must be an operators.Operator or a callable, got {type(operator).__name__}")
         operator = FunctionOperator(operator, probe_dtype=measurement.dtype)
     check_prior(prior)
-    choice = None
-    if method is None:
+    choice = {}
+    if cls is None:
         method, reason = choose_method(operator, prior)
         choice = {"method_choice": f"{method}: {reason}"}
         logger.info("solve(method=None) uses %s: %s", method, reason)
-    cls = method_class(method)
+        cls = method_class(method)
     method_options = check_method_options(cls, method_options)
     check_methods_fit([cls.name], registered(), operator, prior)
     noise_sigma = 0.0 if noise_sigma is None else check_noise_sigma(noise_sigma)
@@ -264,7 +266,7 @@ def solve(
     seconds = time.perf_counter() - start
     rows = y.shape[0]
     tiling = {"tiling": prior.options()} if isinstance(prior, Tiled) else {}
-    diagnostics = {**problem.diagnostics, **(choice or {})}
+    diagnostics = {**problem.diagnostics, **choice}
     row_evidence = diagnostics.pop("log_evidence", None)  # per row; rows of one measurement agree
     return Result(
         samples=x.reshape(num_samples, *shape),
