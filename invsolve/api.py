@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 import warnings
@@ -14,6 +15,7 @@ from torch import Tensor
 
 from invsolve.contracts import check_operator_output, checked
 from invsolve.counting import counting
+from invsolve.method_choice import choose_method
 from invsolve.resources import check_working_set
 from invsolve.result import Result
 from invsolve.samplers import DivergenceError, Problem, method_class, registered
@@ -34,6 +36,8 @@ from priors.clipped import ClippedPrior
 from priors.tiled import Tiled
 
 ON_NAN = ("raise", "warn")
+
+logger = logging.getLogger(__name__)
 
 
 def methods() -> dict[str, str]:
@@ -120,7 +124,7 @@ def solve(
     measurement: Tensor,
     operator: Any,
     prior: Any,
-    method: str = "dps",
+    method: str | None = None,
     steps: int | None = None,
     seed: int | Sequence[int] | None = None,
     num_samples: int = 1,
@@ -142,6 +146,15 @@ def solve(
     ``Result.options`` when ``None``).  ``x_shape`` is needed only when neither the
     operator nor the prior implies the shape of the unknown.  Remaining keyword
     arguments are the method's hyperparameters.
+
+    ``method=None`` picks the method that fits the operator
+    (:func:`invsolve.method_choice.choose_method`): DDRM where it has an SVD, DiffPIR where
+    it has a proximal solve, DPS where it has only vector-Jacobian products, EnKG for a
+    black box (latent, restorer and proximal priors get their own).  The pick is
+    ``Result.method`` and ``Result.diagnostics["method_choice"]`` says why (not
+    ``Result.options``, which must repeat the run as ``solve(**options)``); it is logged at
+    INFO level (the ``invsolve.api`` logger), not warned, since nothing is wrong.  An
+    explicit ``method=`` is used as given.
 
     ``seed`` may also be a sequence of ``B`` seeds, one per image of the measurement
     batch (``invsolve evaluate --batch-size``): each image draws its noise from its own
@@ -165,9 +178,10 @@ def solve(
     Precision and compilation belong to the prior, so they are chosen once, not per
     solve: ``load_prior(name, dtype=torch.bfloat16)`` (or ``float16``) runs the network
     in half precision while the sampler state, the data-consistency steps and the
-    operator stay float32 (:func:`working_dtype`); ``priors.compiled.accelerated(prior,
-    compile=True, channels_last=True)`` wraps the network in ``torch.compile`` (falling
-    back to eager with a warning where it cannot run) and / or the channels-last layout.
+    operator stay float32 (:func:`working_dtype`); ``priors.compiled.load_accelerated(name,
+    compile=True, channels_last=True)`` (``accelerated(prior, ...)`` for a loaded prior)
+    wraps the network in ``torch.compile`` (falling back to eager with a warning where it
+    cannot run) and / or the channels-last layout.
     A compiled prior compiles at its first call per shape and is reused by later solves.
 
     A solve whose samples become NaN or infinite stops at that step: with
@@ -182,15 +196,21 @@ def solve(
     repeats the run.  A method whose published algorithm assumes noiseless data
     (``noiseless_only``) warns when ``noise_sigma > 0``.
     """
-    cls = method_class(method)
     if on_nan not in ON_NAN:
         raise ValueError(f"on_nan must be one of {', '.join(ON_NAN)}, got {on_nan!r}")
-    method_options = check_method_options(cls, method_options)
+    cls = None if method is None else method_class(method)
     if not hasattr(operator, "output_shape"):
         if not callable(operator):
             raise TypeError(f"operator must be an operators.Operator or a callable, got {type(operator).__name__}")
         operator = FunctionOperator(operator, probe_dtype=measurement.dtype)
     check_prior(prior)
+    choice = {}
+    if cls is None:
+        method, reason = choose_method(operator, prior)
+        choice = {"method_choice": f"{method}: {reason}"}
+        logger.info("solve(method=None) uses %s: %s", method, reason)
+        cls = method_class(method)
+    method_options = check_method_options(cls, method_options)
     check_methods_fit([cls.name], registered(), operator, prior)
     noise_sigma = 0.0 if noise_sigma is None else check_noise_sigma(noise_sigma)
     row = task_row(cls, operator, task, prior)
@@ -246,7 +266,7 @@ def solve(
     seconds = time.perf_counter() - start
     rows = y.shape[0]
     tiling = {"tiling": prior.options()} if isinstance(prior, Tiled) else {}
-    diagnostics = dict(problem.diagnostics)
+    diagnostics = {**problem.diagnostics, **choice}
     row_evidence = diagnostics.pop("log_evidence", None)  # per row; rows of one measurement agree
     return Result(
         samples=x.reshape(num_samples, *shape),

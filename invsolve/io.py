@@ -18,6 +18,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from invsolve.resources import check_decode
+
 IMAGE_MODES = ("RGB", "L")
 #: Width in pixels of the white gap between images in :func:`side_by_side`.
 STRIP_GAP = 4
@@ -79,7 +81,9 @@ def load_image(
     palette and 16-bit images are converted, and transparent pixels are composited
     over white.  With ``size`` (an int for a square, or ``(H, W)``) the image is
     centre-cropped to the target aspect ratio and resized with bicubic filtering
-    (antialiased when shrinking).
+    (antialiased when shrinking).  A file whose header claims more pixels than PIL's bomb
+    limit, or more than the free memory can decode (:func:`invsolve.resources.check_decode`),
+    is refused with a ``ValueError`` before its pixels are decoded.
     """
     if mode not in IMAGE_MODES:
         raise ValueError(f"mode must be one of {IMAGE_MODES}, got {mode!r}")
@@ -88,6 +92,7 @@ def load_image(
         raise FileNotFoundError(f"no image file at {str(path)!r}")
     try:
         with _open_refusing_bombs(path) as image:
+            check_decode(image.height, image.width, repr(str(path)))
             image.load()
     except UnidentifiedImageError:
         raise ValueError(f"{str(path)!r} is not an image file PIL can read") from None

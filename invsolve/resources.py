@@ -113,6 +113,29 @@ def _saved_bytes(prior: Any, shape: tuple[int, ...]) -> int:
     return total
 
 
+#: Peak bytes per pixel of decoding an image file into a float tensor (:func:`invsolve.io.load_image`):
+#: PIL's decoded RGB (4 bytes per pixel, padded), its mode conversion (4), the NumPy array and its
+#: copy (3 + 3), and two float32 RGB tensors alive at once in the [-1, 1] mapping (12 + 12): 38,
+#: rounded up to 48, which also covers 16-bit grayscale files (float64 and float32 copies).
+DECODE_BYTES_PER_PIXEL = 48
+
+
+def check_decode(height: int, width: int, what: str) -> None:
+    """Raise a ``ValueError`` before an image file of ``height x width`` pixels is decoded when
+    decoding it (:data:`DECODE_BYTES_PER_PIXEL`) would not fit the host's free memory.  ``what``
+    names the file.  ``INVSOLVE_SKIP_MEMORY_CHECK=1`` skips the check."""
+    if os.environ.get("INVSOLVE_SKIP_MEMORY_CHECK", "") not in ("", "0"):
+        return
+    free = available_memory("cpu")
+    needed = int(height) * int(width) * DECODE_BYTES_PER_PIXEL
+    if free is None or needed <= free:
+        return
+    raise ValueError(
+        f"{what} is {width}x{height} pixels: decoding it needs an estimated {needed / 2**30:.1f} GiB, more than "
+        f"the {free / 2**30:.1f} GiB free; use a smaller image (INVSOLVE_SKIP_MEMORY_CHECK=1 skips this check)"
+    )
+
+
 def working_set_bytes(shape: Sequence[int], samples: int = 1, network_per_pixel: float = 0.0) -> int:
     """Estimated memory of a solve for an unknown of batch ``shape`` (``(B, C, H, W)`` for images)
     and ``samples`` samples: image-sized float32 buffers plus the network's activations."""

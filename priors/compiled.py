@@ -182,6 +182,24 @@ def accelerated(prior: Any, compile: bool = False, channels_last: bool = False, 
     return CompiledPrior(prior, compile=compile, channels_last=channels_last, mode=mode)
 
 
+def load_accelerated(
+    name_or_path: Any,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | str | None = None,
+    compile: bool = False,
+    channels_last: bool = False,
+    mode: str | None = None,
+    **kwargs: Any,
+) -> Any:
+    """``accelerated(load_prior(name_or_path, device, dtype, **kwargs), compile, channels_last, mode)``:
+    the one way the command line and the benchmarks load a prior with ``--dtype``, ``--compile`` and
+    ``--channels-last``.  ``priors.load_prior`` is looked up at call time, so a test may replace it."""
+    import priors
+
+    prior = priors.load_prior(name_or_path, device=device, dtype=dtype, **kwargs)
+    return accelerated(prior, compile=compile, channels_last=channels_last, mode=mode)
+
+
 def _get(obj: Any, path: tuple[str, ...]) -> Any:
     for name in path:
         obj = getattr(obj, name)

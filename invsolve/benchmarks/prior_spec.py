@@ -12,8 +12,8 @@ DTYPES = ("float32", "float16", "bfloat16")
 
 @dataclass(frozen=True)
 class PriorSpec:
-    """``load_prior(name, device, dtype)`` then :func:`priors.compiled.accelerated`
-    (``compile``, ``channels_last``); plain data, so a benchmark subprocess can rebuild it."""
+    """:func:`priors.compiled.load_accelerated` (``load_prior(name, device, dtype)``, then ``compile``,
+    ``channels_last``); plain data, so a benchmark subprocess can rebuild it."""
 
     name: str = "natural-64"
     device: str = "cpu"
@@ -26,11 +26,10 @@ class PriorSpec:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 
     def load(self) -> Any:
-        from priors import load_prior
-        from priors.compiled import accelerated
+        from priors.compiled import load_accelerated
 
-        prior = load_prior(self.name, device=torch.device(self.device), dtype=getattr(torch, self.dtype))
-        return accelerated(prior, compile=self.compile, channels_last=self.channels_last)
+        return load_accelerated(self.name, torch.device(self.device), getattr(torch, self.dtype),
+                                compile=self.compile, channels_last=self.channels_last)
 
     def label(self) -> str:
         extras = [self.dtype] + ["compiled"] * self.compile + ["channels-last"] * self.channels_last

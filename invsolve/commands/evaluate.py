@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="diffusers folder, bundled name or hub id (default: the bundled natural-64)",
     )
     parser.add_argument(
-        "--methods", required=True, metavar="M1,M2", help="comma-separated methods (see 'invsolve list')"
+        "--methods", default=None, metavar="M1,M2",
+        help="comma-separated methods (default: the one that fits the operator; see 'invsolve list')",
     )
     parser.add_argument("--out", required=True, metavar="OUT", help="output folder; nothing is written outside it")
     parser.add_argument(
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     noise_sigma = args.noise_sigma if args.noise_sigma is not None else (preset.noise_sigma if preset else 0.05)
     settings = EvaluationSettings(
         data_dir=args.data_dir, out=args.out, operator=preset.operator if preset else args.operator,
-        prior=args.prior, methods=_names(args.methods), preset=args.preset,
+        prior=args.prior, methods=None if args.methods is None else _names(args.methods), preset=args.preset,
         operator_args=dict(preset.options) if preset else parse_key_values(args.operator_arg, "--operator-arg"),
         noise_sigma=noise_sigma, size=args.size, limit=args.limit, seed=args.seed, steps=args.steps,
         metrics=tuple(_names(args.metrics)), lpips_net=args.lpips_net, overwrite=args.overwrite,

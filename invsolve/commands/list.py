@@ -6,6 +6,7 @@ import argparse
 import inspect
 
 import operators
+from invsolve.method_choice import rule_lines
 from priors.bundled import bundled
 
 #: What ``--prior`` accepts besides bundled names.
@@ -34,6 +35,9 @@ def run(args: argparse.Namespace) -> int:
     print("methods (--method NAME, hyperparameters with --method-arg KEY=VALUE):")
     for name, line in method_lines().items():
         print(f"  {name:<12} {line}")
+    print("default method (no --method): the first that fits the operator and prior")
+    for line in rule_lines():
+        print(f"  {line}")
     print("priors (--prior PATH_OR_ID):")
     for source in PRIOR_SOURCES:
         print(f"  {source}")

@@ -25,13 +25,15 @@ from invsolve.commands._arguments import (
     resolve_device,
     whole_number,
 )
+from invsolve.commands._estimate import announce
+from invsolve.method_choice import choose_method
 from invsolve.metrics import psnr
 from invsolve.resources import check_working_set
 from invsolve.result import Result
 from invsolve.samplers import method_class
 from invsolve.validation import MAX_STEPS, check_method_options, infer_x_shape
 from operators.base import Operator
-from priors.compiled import accelerated
+from priors.compiled import load_accelerated
 
 #: The simulated measurement noise uses ``seed + MEASUREMENT_SEED_OFFSET`` so that it
 #: is independent of the sampler's noise, which uses ``seed``.
@@ -56,7 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--prior", default="natural-64", metavar="PATH_OR_ID",
         help="diffusers folder, bundled name or hub id (default: the bundled natural-64)",
     )
-    parser.add_argument("--method", default="dps", help="sampling method (default dps; see 'invsolve list')")
+    parser.add_argument(
+        "--method", default=None,
+        help="sampling method (default: the one that fits the operator, e.g. ddrm with an SVD; see 'invsolve list')",
+    )
     parser.add_argument(
         "--method-arg", action="append", default=[], metavar="KEY=VALUE",
         help="method hyperparameter, repeatable (e.g. step_size=0.5)",
@@ -96,24 +101,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check_arguments(args)
-    method_options = check_method_options(method_class(args.method), parse_key_values(args.method_arg, "--method-arg"))
+    method_options = parse_key_values(args.method_arg, "--method-arg")
+    if args.method is not None:
+        method_options = check_method_options(method_class(args.method), method_options)
     operator, args.noise_sigma = _operator_and_noise(args)
     device = resolve_device(args.device)
 
-    prior = accelerated(
-        priors.load_prior(args.prior, device=device, dtype=network_dtype(args.dtype)),
-        compile=args.compile, channels_last=args.channels_last,
+    prior = load_accelerated(
+        args.prior, device, network_dtype(args.dtype), compile=args.compile, channels_last=args.channels_last
     )
     mode = priors.image_mode(prior)
     notes = []
     clean = None
+    _check_memory(args, operator, prior, mode, device)
     if args.input:
         size = None if args.size is None else (args.size, args.size)
-        height, width = size or io.image_size(args.input)
-        check_working_set(
-            (1, 3 if mode == "RGB" else 1, height, width), args.num_samples, device,
-            "use a smaller --size (or a smaller image) or fewer --num-samples", prior,
-        )
         clean = io.load_image(args.input, size=size, mode=mode).to(device)
     y = _measurement(args, operator, clean, mode, device)
     try:
@@ -122,8 +124,15 @@ def run(args: argparse.Namespace) -> int:
         source = f"--measurement {args.measurement}" if args.measurement else "the simulated measurement"
         raise ValueError(f"{source}: {err}") from None
 
+    method = args.method
+    if method is None:
+        method, reason = choose_method(operator, prior)
+        print(f"method: {method}, because {reason} (another with --method; the rule: 'invsolve list')")
+        method_options = check_method_options(method_class(method), method_options)
+    announce(y, operator, prior, method, args.steps, args.num_samples, args.noise_sigma, x_shape, method_options,
+             device)
     result = solve(
-        y, operator, prior, method=args.method, steps=args.steps, seed=args.seed,
+        y, operator, prior, method=method, steps=args.steps, seed=args.seed,
         num_samples=args.num_samples, noise_sigma=args.noise_sigma, progress=not args.quiet,
         x_shape=x_shape, on_nan=args.on_nan, **method_options,
     )
@@ -180,6 +189,23 @@ def _write_std_map(samples: Tensor, path: Path) -> tuple[Path, float]:
     scale = float(per_pixel.max())
     shown = per_pixel / scale if scale > 0 else per_pixel
     return io.save_image(2 * shown - 1, path), scale
+
+
+def _check_memory(args: argparse.Namespace, operator: Operator, prior: object, mode: str, device: torch.device) -> None:
+    """Refuse, from the files' headers alone, a solve whose unknown would not fit in memory:
+    INPUT's size (or ``--size``), else the unknown that ``--measurement``'s size implies."""
+    channels = 3 if mode == "RGB" else 1
+    if args.input:
+        height, width = (args.size, args.size) if args.size is not None else io.image_size(args.input)
+        shape = (1, channels, height, width)
+    else:
+        measured = (1, channels, *io.image_size(args.measurement))
+        try:
+            shape = operator.input_shape(measured) or measured
+        except ValueError:  # infer_x_shape says what is wrong, once the image is read
+            shape = measured
+    check_working_set(shape, args.num_samples, device, "use a smaller --size (or a smaller image) or fewer --num-samples",
+                      prior)
 
 
 def _operator_and_noise(args: argparse.Namespace) -> tuple[Operator, float]:

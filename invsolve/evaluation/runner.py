@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 import operators
 import priors
+from invsolve.commands._estimate import announce
 from invsolve.evaluation.baseline import NO_LEARNING, baseline_kind
 from invsolve.evaluation.batch import chunks
 from invsolve.evaluation.dataset import ImageEntry, list_images, shard
@@ -45,11 +46,12 @@ from invsolve.evaluation.store import (
     read_rows,
 )
 from invsolve.evaluation.work import UNREADABLE, ImageEvaluator
+from invsolve.method_choice import choose_method
 from invsolve.metrics import LPIPS, net_label
 from invsolve.resources import check_working_set
 from invsolve.samplers import registered
 from invsolve.validation import check_methods_fit
-from priors.compiled import accelerated
+from priors.compiled import load_accelerated
 
 logger = logging.getLogger(__name__)
 
@@ -78,11 +80,10 @@ def process_state(device: str | None) -> Any:
 
 def load_network(settings: EvaluationSettings, device: torch.device) -> Any:
     """The prior with its network in ``settings.dtype`` (float32: as loaded), compiled and / or
-    channels-last when asked (:func:`priors.compiled.accelerated`, which falls back to eager
+    channels-last when asked (:func:`priors.compiled.load_accelerated`, which falls back to eager
     with a warning where ``torch.compile`` cannot run)."""
     dtype = None if settings.dtype == "float32" else getattr(torch, settings.dtype)
-    prior = priors.load_prior(settings.prior, device=device, dtype=dtype)
-    return accelerated(prior, compile=settings.compile, channels_last=settings.channels_last)
+    return load_accelerated(settings.prior, device, dtype, compile=settings.compile, channels_last=settings.channels_last)
 
 
 def network_summary(settings: EvaluationSettings, prior: Any) -> dict[str, Any]:
@@ -195,6 +196,11 @@ def _evaluate(
     task = operators.preset(settings.preset) if settings.preset is not None else None
     operator = task.build(seed=settings.seed) if task else operators.build(settings.operator, **settings.operator_args)
     prior = load_network(settings, device)
+    if settings.methods is None:
+        method, reason = choose_method(operator, prior)
+        settings.methods = [method]
+        if state.is_main_process:
+            print(f"method: {method}, because {reason} (others with --methods; the rule: 'invsolve list')")
     check_methods_fit(settings.methods, registered(), operator, prior)
     mode, hw = _image_format(prior, settings.size)
     if "ssim" in settings.metrics and min(hw) < 11:
@@ -226,6 +232,8 @@ def _evaluate(
         lpips=_build_lpips(settings, device, state.is_main_process), device=device,
         progress=settings.progress and state.is_main_process, preset=task if task and task.per_image else None,
     )
+    if state.is_main_process:
+        _announce_plans(settings, tasks, evaluator, device)
     metrics_path = layout.claim(rank_path(layout.metrics, state.process_index, state.num_processes))
     errors_path = layout.claim(rank_path(layout.errors, state.process_index, state.num_processes))
     with CsvLog(metrics_path, METRIC_COLUMNS) as rows, CsvLog(errors_path, ERROR_COLUMNS) as errors:
@@ -236,6 +244,26 @@ def _evaluate(
         return None
     return _finish(settings, layout, entries, hw, mode, operator, device, evaluator.lpips, state.num_processes,
                    network_summary(settings, prior))
+
+
+def _announce_plans(
+    settings: EvaluationSettings, tasks: list[tuple[ImageEntry, list[str]]], evaluator: ImageEvaluator,
+    device: torch.device,
+) -> None:
+    """Each pending method's plan (steps, NFE, expected time per image and in all), from one image
+    of zeros at the run's size (:func:`invsolve.commands._estimate.announce`)."""
+    if not tasks:
+        return
+    entry = tasks[0][0]
+    x = torch.zeros((1, 3 if evaluator.mode == "RGB" else 1, *evaluator.size))
+    operator = evaluator.operator_for(entry)
+    with torch.no_grad():
+        y = operator(x).to(device)
+    for method in settings.methods:
+        images = sum(method in pending for _, pending in tasks)
+        if images:
+            announce(y, operator, evaluator.prior, method, settings.steps, 1, settings.noise_sigma, tuple(x.shape), {},
+                     device, images)
 
 
 def _run_tasks(

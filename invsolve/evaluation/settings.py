@@ -36,7 +36,8 @@ class EvaluationSettings:
     out: str
     operator: str
     prior: str
-    methods: list[str]
+    #: ``None``: the method that fits the operator (:func:`invsolve.method_choice.choose_method`).
+    methods: list[str] | None
     operator_args: dict[str, Any] = field(default_factory=dict)
     noise_sigma: float = 0.05
     size: int | None = None
@@ -69,11 +70,11 @@ class EvaluationSettings:
                     "give either a preset or an operator with its arguments"
                 )
             self.operator, self.operator_args = task.operator, dict(task.options)
-        if not self.methods:
+        if self.methods is not None and not self.methods:
             raise ValueError("--methods needs at least one method")
-        for method in self.methods:
+        for method in self.methods or ():
             method_class(method)
-        if len(set(self.methods)) != len(self.methods):
+        if self.methods is not None and len(set(self.methods)) != len(self.methods):
             raise ValueError(f"--methods lists a method twice: {','.join(self.methods)}")
         unknown = sorted(set(self.metrics) - set(METRICS))
         if unknown or not self.metrics:

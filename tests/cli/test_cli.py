@@ -134,6 +134,8 @@ def test_list_names_every_operator_and_method(capsys):
     for name in [*operators.available(), *methods()]:
         assert re.search(rf"^  {re.escape(name)}\b", stdout, re.MULTILINE), name
     assert "gaussian_blur" in stdout and "dps" in stdout and "priors" in stdout
+    rule = stdout.split("default method (no --method)", 1)[1].split("priors", 1)[0]
+    assert re.findall(r"^  (\w+) +when the operator", rule, re.MULTILINE)[:4] == ["ddrm", "diffpir", "dps", "enkg"]
 
 
 def test_list_shows_bundled_priors_and_presets(monkeypatch, capsys):
@@ -243,8 +245,8 @@ def test_restore_prints_the_psnr_of_the_clamped_image_it_writes(tiny_prior_dir, 
 def test_std_map_is_the_spread_of_the_samples(tiny_prior_dir, clean_png, tmp_path, capsys):
     out = tmp_path / "out.png"
     assert main(restore_args([clean_png], tiny_prior_dir, out, "--quiet", "--num-samples", "3", "--std")) == 0
-    printed = capsys.readouterr().out.strip()
-    assert len(printed.splitlines()) == 1, printed
+    plan, printed = capsys.readouterr().out.strip().splitlines()  # the plan, then the summary
+    assert plan.startswith("plan: dps, 3 steps, NFE 3, each with a backward pass: about ")
     scale = float(re.search(r"out\.std\.png \(std of the 3 samples; white = ([0-9.e-]+) on the \[-1, 1\] scale\)", printed).group(1))
     samples = torch.stack([load_image(tmp_path / f"out.sample{k}.png")[0] for k in range(3)]).double()
     expected = samples.std(dim=0).pow(2).mean(dim=0).sqrt()  # unbiased std per channel, RMS over channels

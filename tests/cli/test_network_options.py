@@ -102,3 +102,16 @@ def test_a_resume_with_another_precision_is_refused_and_old_configs_count_as_flo
     capsys.readouterr()
     assert evaluate(data, tiny_prior_dir, out, "--dtype", "bfloat16") == 2
     assert "dtype: 'float32' then, 'bfloat16' now" in capsys.readouterr().err
+
+
+def test_load_accelerated_is_load_prior_then_accelerated(tiny_prior_dir, loads):
+    """The one helper restore, evaluate and the benchmarks load with (issue 21.5)."""
+    from priors.compiled import CompiledPrior, load_accelerated
+
+    plain = load_accelerated(tiny_prior_dir, "cpu", local_files_only=True)
+    assert isinstance(plain, priors.DiffusersPixelPrior)
+    fast = load_accelerated(tiny_prior_dir, "cpu", torch.bfloat16, channels_last=True)
+    assert isinstance(fast, CompiledPrior) and fast.status == "eager" and fast.channels_last
+    assert fast.dtype == torch.bfloat16
+    assert loads[0] == {"device": "cpu", "dtype": None, "local_files_only": True}
+    assert loads[1] == {"device": "cpu", "dtype": torch.bfloat16}

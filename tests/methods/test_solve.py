@@ -24,7 +24,7 @@ def _sw(samples, posterior, seed=0):
 
 def test_dps_samples_approach_the_exact_posterior(gmm_problem):
     prior, op, y, noise_sigma, posterior = gmm_problem
-    result = solve(y, op, prior, steps=100, seed=0, num_samples=1000, noise_sigma=noise_sigma, progress=False)
+    result = solve(y, op, prior, method="dps", steps=100, seed=0, num_samples=1000, noise_sigma=noise_sigma, progress=False)
     samples = result.samples[:, 0]
     prior_sw = _sw(prior.sample(1000, torch.Generator().manual_seed(3)), posterior)
     dps_sw = _sw(samples, posterior)
@@ -40,7 +40,7 @@ def test_dps_with_a_wrong_sign_or_scale_misses_the_posterior(gmm_problem, step_s
     declaring step_size signed (the ``signed_options`` hook of a method class)."""
     monkeypatch.setattr(registered()["dps"], "signed_options", ("step_size",), raising=False)
     prior, op, y, noise_sigma, posterior = gmm_problem
-    result = solve(y, op, prior, steps=100, seed=0, num_samples=1000, noise_sigma=noise_sigma,
+    result = solve(y, op, prior, method="dps", steps=100, seed=0, num_samples=1000, noise_sigma=noise_sigma,
                    progress=False, step_size=step_size)
     prior_sw = _sw(prior.sample(1000, torch.Generator().manual_seed(3)), posterior)
     assert _sw(result.samples[:, 0], posterior) > 0.05 * prior_sw
@@ -51,8 +51,8 @@ def test_dps_residual_norm_is_per_sample(gmm_problem):
     prior, op, y, noise_sigma, _ = gmm_problem
     batch = torch.cat([y, y + 3.0])
     other = torch.cat([y, y - 5.0])
-    a = solve(batch, op, prior, steps=20, seed=4, progress=False).image
-    b = solve(other, op, prior, steps=20, seed=4, progress=False).image
+    a = solve(batch, op, prior, method="dps", steps=20, seed=4, progress=False).image
+    b = solve(other, op, prior, method="dps", steps=20, seed=4, progress=False).image
     torch.testing.assert_close(a[0], b[0], rtol=0, atol=1e-10)
     assert not torch.allclose(a[1], b[1])
 
@@ -60,9 +60,9 @@ def test_dps_residual_norm_is_per_sample(gmm_problem):
 def test_result_bookkeeping_and_determinism(gmm_problem):
     prior, op, y, noise_sigma, _ = gmm_problem
     y2 = torch.cat([y, 0.5 * y])
-    first = solve(y2, op, prior, steps=7, seed=11, num_samples=3, noise_sigma=noise_sigma, progress=False)
-    again = solve(y2, op, prior, steps=7, seed=11, num_samples=3, noise_sigma=noise_sigma, progress=False)
-    other = solve(y2, op, prior, steps=7, seed=12, num_samples=3, noise_sigma=noise_sigma, progress=False)
+    first = solve(y2, op, prior, method="dps", steps=7, seed=11, num_samples=3, noise_sigma=noise_sigma, progress=False)
+    again = solve(y2, op, prior, method="dps", steps=7, seed=11, num_samples=3, noise_sigma=noise_sigma, progress=False)
+    other = solve(y2, op, prior, method="dps", steps=7, seed=12, num_samples=3, noise_sigma=noise_sigma, progress=False)
     assert first.samples.shape == (3, 2, 8)
     assert first.image.shape == (2, 8) and first.mean.shape == (2, 8)
     torch.testing.assert_close(first.mean, first.samples.mean(0))
@@ -77,15 +77,15 @@ def test_result_bookkeeping_and_determinism(gmm_problem):
 
 def test_unseeded_run_records_a_seed_that_reproduces_it(gmm_problem):
     prior, op, y, _, _ = gmm_problem
-    first = solve(y, op, prior, steps=5, progress=False)
-    again = solve(y, op, prior, steps=5, seed=first.options["seed"], progress=False)
+    first = solve(y, op, prior, method="dps", steps=5, progress=False)
+    again = solve(y, op, prior, method="dps", steps=5, seed=first.options["seed"], progress=False)
     assert torch.equal(first.samples, again.samples)
 
 
 def test_callback_sees_every_step(gmm_problem):
     prior, op, y, _, _ = gmm_problem
     seen = []
-    solve(y, op, prior, steps=6, seed=0, progress=False, callback=lambda s: seen.append((s["step"], s["sigma"])))
+    solve(y, op, prior, method="dps", steps=6, seed=0, progress=False, callback=lambda s: seen.append((s["step"], s["sigma"])))
     assert [step for step, _ in seen] == list(range(6))
     assert all(a[1] > b[1] for a, b in zip(seen, seen[1:]))
 
@@ -95,7 +95,7 @@ def test_plain_callable_operator_and_image_shapes():
     prior = GaussianPrior(torch.zeros(1, 4, 4), 0.25)
     x = 0.3 * torch.ones(1, 1, 4, 4)
     y = 0.5 * x
-    result = solve(y, lambda v: 0.5 * v, prior, steps=5, seed=0, num_samples=2, progress=False)
+    result = solve(y, lambda v: 0.5 * v, prior, method="dps", steps=5, seed=0, num_samples=2, progress=False)
     assert result.samples.shape == (2, 1, 1, 4, 4)
 
 
@@ -120,19 +120,19 @@ def test_validation_messages(gmm_problem):
     with pytest.raises(ValueError, match="unknown method 'nope'.*dps"):
         solve(y, op, prior, method="nope")
     with pytest.raises(ValueError, match="no option.*bogus"):
-        solve(y, op, prior, bogus=1)
+        solve(y, op, prior, method="dps", bogus=1)
     with pytest.raises(ValueError, match="does not match the operator"):
-        solve(torch.zeros(1, 3, dtype=torch.float64), op, prior)
+        solve(torch.zeros(1, 3, dtype=torch.float64), op, prior, method="dps")
     with pytest.raises(ValueError, match="NaN or inf"):
-        solve(torch.full_like(y, float("nan")), op, prior)
+        solve(torch.full_like(y, float("nan")), op, prior, method="dps")
     with pytest.raises(ValueError, match="num_samples"):
-        solve(y, op, prior, num_samples=0)
+        solve(y, op, prior, method="dps", num_samples=0)
     with pytest.raises(ValueError, match="steps"):
-        solve(y, op, prior, steps=0)
+        solve(y, op, prior, method="dps", steps=0)
     with pytest.raises(TypeError, match="not a prior"):
-        solve(y, op, object())
+        solve(y, op, object(), method="dps")
     with pytest.raises(ValueError, match="needs vjp"):
-        solve(y[:, :2], _ForwardOnly(), prior, x_shape=(1, 8))
+        solve(y[:, :2], _ForwardOnly(), prior, method="dps", x_shape=(1, 8))
 
 
 def test_image_on_the_wrong_scale_gets_a_conversion_hint():
@@ -145,7 +145,7 @@ def test_image_on_the_wrong_scale_gets_a_conversion_hint():
 
     prior = GaussianPrior(torch.zeros(3, 4, 4), 0.25)
     with pytest.raises(ValueError, match=r"\[-1, 1\].*127.5"):
-        solve(torch.full((1, 3, 4, 4), 200.0), Identity(), prior)
+        solve(torch.full((1, 3, 4, 4), 200.0), Identity(), prior, method="dps")
 
 
 def test_karras_grid_matches_its_formula():

@@ -70,9 +70,9 @@ def test_whole_numbers_and_integral_floats_of_other_types(vector_problem):
 def test_empty_and_integer_measurements_are_refused(vector_problem):
     prior, operator, y = vector_problem
     with pytest.raises(ValueError, match="empty"):
-        solve(y[:0], operator, prior, steps=2, progress=False)
+        solve(y[:0], operator, prior, method="dps", steps=2, progress=False)
     with pytest.raises((TypeError, ValueError), match="uint8"):
-        solve(torch.zeros(1, 2, dtype=torch.uint8), operator, prior, steps=2, progress=False)
+        solve(torch.zeros(1, 2, dtype=torch.uint8), operator, prior, method="dps", steps=2, progress=False)
 
 
 class DropsRows(Operator):
