@@ -13,7 +13,7 @@ from priors.base import is_latent_prior, is_prior
 from priors.wrapper import LatentPriorWrapper, PriorWrapper
 
 #: Attribute paths, from the prior, of the networks this wrapper knows how to replace.
-NETWORK_PATHS = (("unet",), ("denoiser", "unet"))
+NETWORK_PATHS = (("unet",), ("denoiser", "unet"), ("denoiser", "transformer"))
 
 
 def _first_line(err: BaseException) -> str:

@@ -286,3 +286,16 @@ def test_latent_methods_run_on_flow_priors(flow_pipelines, name, method) -> None
     options = LATENT_METHODS[method]
     result = solve(y, op, prior, method=method, steps=4, seed=0, noise_sigma=0.05, progress=False, **options)
     assert result.image.shape == x.shape and torch.isfinite(result.image).all()
+
+
+@pytest.mark.parametrize("name", ["sd3", "flux"])
+def test_accelerated_flow_latent_prior_wraps_the_transformer(flow_pipelines, name) -> None:
+    """``--channels-last`` / ``--compile`` reach the transformer of a latent flow prior, and the grid survives."""
+    from priors.compiled import CompiledLatent, accelerated
+
+    root, _ = flow_pipelines
+    prior = load_prior(root / name)
+    fast = accelerated(prior, channels_last=True)
+    assert isinstance(fast, CompiledLatent) and fast.flow_times(4) == prior.flow_times(4)
+    z, sig = latents(9), torch.tensor([0.5, 3.0])
+    torch.testing.assert_close(fast.denoise(z, sig), prior.denoise(z, sig), **NETWORK_TOLERANCE)
