@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
+import warnings
 from pathlib import Path
 
 import operators
@@ -43,9 +44,12 @@ def test_readme_is_at_most_12_kb():
 def test_readme_python_quick_start_runs(capsys):
     python = [b for b in blocks_after(README.read_text(), EXECUTED) if "import" in b]
     assert len(python) == 1
-    exec(compile(python[0], "README.md", "exec"), {"__name__": "readme"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a newcomer's first example prints no warning
+        exec(compile(python[0], "README.md", "exec"), {"__name__": "readme"})
     stdout = capsys.readouterr().out
-    assert "DPS posterior mean" in stdout and "exact posterior mean" in stdout
+    assert "ddrm: MatrixOperator has an SVD" in stdout
+    assert "posterior mean" in stdout and "exact posterior mean" in stdout
 
 
 def test_readme_shell_quick_start_runs(tmp_path, monkeypatch):
