@@ -92,6 +92,7 @@ CASES = {
     "reddiff": Case("pixel"),
     "resample": Case("latent", {"interval": 2, "lookahead_steps": 2, "pixel_max_iters": 5, "latent_max_iters": 5,
                                 "latent_patience": 2}),
+    "rgm": Case("pixel"),
     "tds": Case("pixel"),
     # Adaptive negation needs a CLIP image encoder (covered end to end in test_text_latent_sd.py).
     "treg": Case("text", {"adaptive_negation": False}),
