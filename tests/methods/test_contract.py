@@ -78,6 +78,7 @@ CASES = {
     "ddrm": Case("pixel"),
     "diffpir": Case("pixel"),
     "dps": Case("pixel"),
+    "dreamguider": Case("pixel"),
     "drp": Case("restorer"),
     "enkg": Case("pixel", {"ensemble_size": 4, "max_ode_steps": 2}),
     "latent_dps": Case("latent"),
