@@ -6,6 +6,9 @@
 * dreamguider (arXiv 2406.02549, no official code): the network is never differentiated, ``g_eps``
   is autograd through ``x0(eps)``, the step is MPGD's x0-space step without augmentations, and a
   Gaussian prior with ``A = I`` lands near the exact posterior mean.
+* gen2res (adobe-research/gen2res ``scripts/ref_sample_single.py``): ``K = 0`` returns ``y``; with a
+  Gaussian prior the restorations follow the closed form of ``x0 | x_K`` averaged over the noising;
+  with an anchor-set (empirical) prior each anchor is chosen with its posterior weight given ``x_K``.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ import operators
 from invsolve import solve
 from invsolve.samplers.base import Problem
 from invsolve.samplers.dreamguider import draw_augmentations, guidance_gradient, shift_and_flip
+from invsolve.samplers.gen2res import Gen2Res
 from invsolve.samplers.rgm import RGM_TASK_DEFAULTS, rgm_levels, rgm_prox
 from invsolve.samplers.updates import ddim_step, vp_start_std
 from invsolve.schedules import respaced_timesteps
 from operators import MatrixOperator
-from priors import GaussianPrior
+from priors import GaussianMixturePrior, GaussianPrior
+from priors.adm import linear_alphas_cumprod
 from tests.helpers.official_canon_rules import official_rgm_drs, official_rgm_table
 from tests.helpers.posterior_problems import make_gmm_problem
 
@@ -215,3 +220,65 @@ def test_dreamguider_with_a_gaussian_prior_and_identity_lands_near_the_posterior
     result = solve(y, MatrixOperator(A), prior, method="dreamguider", num_samples=1000, seed=0, progress=False,
                    noise_sigma=noise)
     assert float((result.samples.mean(0)[0] - exact).norm()) < 0.1 * float((exact - prior.means[0]).norm())
+
+
+def test_gen2res_with_no_noise_returns_the_degraded_image():
+    x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0), dtype=F64) * 2 - 1
+    prior = GaussianPrior(torch.zeros(3, 8, 8, dtype=F64), 0.3)
+    identity = operators.build("denoising")
+    result = solve(x, identity, prior, method="gen2res", seed=0, progress=False, noise_step=0)
+    torch.testing.assert_close(result.image, x, rtol=0, atol=0)
+    assert result.nfe == 0
+    sr = operators.build("super_resolution", factor=2, method="average")
+    y = sr(x)
+    result = solve(y, sr, prior, method="gen2res", seed=0, progress=False, noise_step=0)
+    torch.testing.assert_close(result.image, y.repeat_interleave(2, -1).repeat_interleave(2, -2), rtol=0, atol=0)
+
+
+def test_gen2res_restorations_follow_the_gaussian_closed_form():
+    """Prior N(mu, C), x_K = y + s eps (s = sigma_{K-1}), the DDPM chain to 0 with the exact denoiser:
+    the output mean is E[E[x0 | x_K]] = mu + W (y - mu), W = C (C + s^2 I)^{-1}, for any step variance
+    (each step is affine in x); its covariance s^2 W + s^2 W W^T too (the fixed-small variance's deficit is
+    below the Monte Carlo error: 5e-3 at 20000 samples).  Tolerances: 4 Monte Carlo standard errors."""
+    g = torch.Generator().manual_seed(1)
+    B = torch.randn(3, 3, generator=g, dtype=F64)
+    C = 0.2 * B @ B.T + 0.05 * torch.eye(3, dtype=F64)
+    mu = 0.3 * torch.randn(3, generator=g, dtype=F64)
+    prior = GaussianPrior(mu, C, alphas_cumprod=linear_alphas_cumprod())
+    y = torch.tensor([[0.5, -0.4, 0.2]], dtype=F64)
+    result = solve(y, MatrixOperator(torch.eye(3, dtype=F64)), prior, method="gen2res", num_samples=20000, seed=0,
+                   progress=False, guidance_scale=0.0)
+    s2 = float(prior.sigmas[199]) ** 2
+    W = C @ torch.linalg.inv(C + s2 * torch.eye(3, dtype=F64))
+    mean, cov = mu + (y[0] - mu) @ W.T, s2 * W + s2 * W @ W.T
+    samples = result.samples[:, 0]
+    assert result.nfe == 200
+    largest = float(cov.diagonal().max())
+    torch.testing.assert_close(samples.mean(0), mean, rtol=0, atol=4 * (largest / 20000) ** 0.5)
+    torch.testing.assert_close(torch.cov(samples.T), cov, rtol=0, atol=4 * largest * (2 / 20000) ** 0.5)
+
+
+def test_gen2res_picks_each_anchor_with_its_posterior_weight_given_x_K():
+    """An empirical prior on three anchors a_i: given x_K = y + s eps the chain ends at a_i with probability
+    softmax_i(-||x_K - a_i||^2 / 2 s^2) (VE form of exp(-||y_K - sqrt(abar) a_i||^2 / 2 (1 - abar)));
+    averaged over eps by Monte Carlo and compared with the frequencies of 20000 restorations."""
+    anchors = torch.tensor([[0.0, 0.0], [1.0, 0.2], [-0.3, 0.9]], dtype=F64)
+    prior = GaussianMixturePrior(torch.ones(3), anchors, 1e-6, alphas_cumprod=linear_alphas_cumprod())
+    y = torch.tensor([[0.4, 0.3]], dtype=F64)
+    s = float(prior.sigmas[199])
+    eps = torch.randn(200_000, 2, generator=torch.Generator().manual_seed(9), dtype=F64)
+    x_K = y + s * eps
+    expected = torch.softmax(-(x_K[:, None] - anchors).square().sum(-1) / (2 * (s**2 + 1e-6)), dim=1).mean(0)
+    result = solve(y, MatrixOperator(torch.eye(2, dtype=F64)), prior, method="gen2res", num_samples=20000, seed=0,
+                   progress=False, guidance_scale=0.0)
+    nearest = torch.cdist(result.samples[:, 0], anchors).argmin(1)
+    assert torch.cdist(result.samples[:, 0], anchors).min(1).values.max() < 0.05
+    frequencies = torch.bincount(nearest, minlength=3).to(F64) / 20000
+    torch.testing.assert_close(frequencies, expected, rtol=0, atol=4 * 0.5 / 20000**0.5)
+
+
+def test_gen2res_skip_guidance_steps_on_the_official_timesteps():
+    """Guided at (t + 1) % 10 == 0 (t = 199, 189, ..., 9): twenty of the 200 timesteps."""
+    method = Gen2Res()
+    assert [t for t in range(200) if method.guided(t)] == list(range(9, 200, 10))
+    assert not any(Gen2Res(guidance_scale=0.0).guided(t) for t in range(200))
