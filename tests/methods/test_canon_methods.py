@@ -21,7 +21,7 @@ import torch
 import operators
 from invsolve import solve
 from invsolve.samplers.base import Problem
-from invsolve.samplers.dreamguider import draw_augmentations, guidance_gradient, shift_and_flip
+from invsolve.samplers.dreamguider import Dreamguider, draw_augmentations, guidance_gradient, shift_and_flip
 from invsolve.samplers.gen2res import Gen2Res
 from invsolve.samplers.rgm import RGM_TASK_DEFAULTS, rgm_levels, rgm_prox
 from invsolve.samplers.updates import ddim_step, vp_start_std
@@ -282,3 +282,13 @@ def test_gen2res_skip_guidance_steps_on_the_official_timesteps():
     method = Gen2Res()
     assert [t for t in range(200) if method.guided(t)] == list(range(9, 200, 10))
     assert not any(Gen2Res(guidance_scale=0.0).guided(t) for t in range(200))
+
+
+def test_dreamguider_leaves_eps_alone_where_x0_already_fits():
+    """g_x = 0 (y = A(x0)): the normalised step is 0, not 0 / 0."""
+    problem, g = image_problem()
+    x0 = torch.rand(problem.x_shape, generator=g, dtype=F64) * 2 - 1
+    problem.y = problem.operator(x0)
+    x = x0 + 0.5 * torch.randn(problem.x_shape, generator=g, dtype=F64)
+    method = Dreamguider(augmentations=0)
+    torch.testing.assert_close(method.guided_eps(problem, x, x0, 0.5), (x - x0) / 0.5, rtol=0, atol=0)
