@@ -292,3 +292,19 @@ def test_dreamguider_leaves_eps_alone_where_x0_already_fits():
     x = x0 + 0.5 * torch.randn(problem.x_shape, generator=g, dtype=F64)
     method = Dreamguider(augmentations=0)
     torch.testing.assert_close(method.guided_eps(problem, x, x0, 0.5), (x - x0) / 0.5, rtol=0, atol=0)
+
+
+def test_gen2res_guided_step_subtracts_the_closed_form_norm_gradient():
+    """D(x) = mu + W (x - mu) (Gaussian prior): grad_x ||y - D(x)|| = -W^T (y - D(x)) / ||y - D(x)||, times
+    scale sqrt((1 + s^2)(1 + s'^2)) (the official VP step in VE), on top of the same DDPM step."""
+    mu, C, s, s_next = torch.tensor([0.1, -0.2]), torch.tensor([0.5, 0.2]), 0.8, 0.7
+    prior = GaussianPrior(mu, torch.diag(C.to(F64)))
+    y, x = torch.tensor([[0.3, 0.4]], dtype=F64), torch.tensor([[1.0, -0.5]], dtype=F64)
+    steps = [Gen2Res(learned_variance=False).step(
+        Problem(y=y, operator=None, prior=prior, x_shape=(1, 2), noise_sigma=0.0, steps=1,
+                generator=torch.Generator().manual_seed(0)), x, y, s, s_next, guided) for guided in (False, True)]
+    W = torch.diag(C.to(F64) / (C.to(F64) + s**2))
+    r = y - (mu.to(F64) + (x - mu.to(F64)) @ W)
+    grad = -(r @ W) / r.norm()
+    expected = steps[0][0] - 0.3 * math.sqrt((1 + s**2) * (1 + s_next**2)) * grad
+    torch.testing.assert_close(steps[1][0], expected, rtol=1e-12, atol=1e-12)
