@@ -7,6 +7,7 @@ The problems are analytic and float64 (no network), so they take milliseconds:
 * ``pixel``: the d = 8 mixture problem of MCGdiff (4 measurements, :mod:`tests.helpers.posterior_problems`);
 * ``latent``: the linear latent problem on the DDPM table (:mod:`tests.helpers.linear_latent`);
 * ``text``: the four-corner text-conditioned latent prior (:mod:`tests.helpers.text_mixture`);
+* ``blind``: the pixel problem's prior behind the identity, the measurement a noisy sample (gen2res);
 * ``restorer``: a linear restorer network behind a 2 x 3 degradation (DRP's restorer prior).
 """
 
@@ -61,7 +62,16 @@ def restorer_problem():
     return prior, MatrixOperator(A), torch.randn(2, 2, generator=g, dtype=F64), 0.1
 
 
+def blind_problem():
+    """The pixel problem's prior, with the identity: the measurement is a degraded sample (gen2res)."""
+    prior, _, _, _, _ = make_gmm_problem(8, 4, 0)
+    g = torch.Generator().manual_seed(1)
+    x = prior.sample(2, generator=g)
+    return prior, MatrixOperator(torch.eye(8, dtype=F64)), x + 0.1 * torch.randn(x.shape, generator=g, dtype=F64), 0.1
+
+
 PROBLEMS = {"pixel": pixel_problem, "latent": latent_problem, "text": text_problem, "restorer": restorer_problem}
+PROBLEMS["blind"] = blind_problem
 
 
 @dataclass(frozen=True)
@@ -78,12 +88,14 @@ CASES = {
     "ddrm": Case("pixel"),
     "diffpir": Case("pixel"),
     "dps": Case("pixel"),
+    "dreamguider": Case("pixel"),
     "drp": Case("restorer"),
     "enkg": Case("pixel", {"ensemble_size": 4, "max_ode_steps": 2}),
     # A stable step for 4 measurements (the official 500 is for images, the loss a mean over pixels).
     "flowchef": Case("pixel", {"gradient_scale": 1.5}),
     "flowdps": Case("latent"),
     "flower": Case("pixel"),
+    "gen2res": Case("blind"),
     "latent_dps": Case("latent"),
     "mcg": Case("pixel"),
     # A level at each distinct sigma_y / s_i: the problem's operator has 4 distinct singular values.
@@ -96,6 +108,7 @@ CASES = {
     "reddiff": Case("pixel"),
     "resample": Case("latent", {"interval": 2, "lookahead_steps": 2, "pixel_max_iters": 5, "latent_max_iters": 5,
                                 "latent_patience": 2}),
+    "rgm": Case("pixel"),
     "tds": Case("pixel"),
     # Adaptive negation needs a CLIP image encoder (covered end to end in test_text_latent_sd.py).
     "treg": Case("text", {"adaptive_negation": False}),
