@@ -82,11 +82,14 @@ CASES = {
     "enkg": Case("pixel", {"ensemble_size": 4, "max_ode_steps": 2}),
     "latent_dps": Case("latent"),
     "mcg": Case("pixel"),
+    # OT-ODE starts at iteration int(STEPS * start_time) = 1 of the official grid: STEPS - 1 steps.
+    "ot_ode": Case("pixel", {"start_time": 0.25}, extra_levels=-1),
     # A level at each distinct sigma_y / s_i: the problem's operator has 4 distinct singular values.
     "mcgdiff": Case("pixel", {"particles": 8}, extra_levels=4),
     "p2l": Case("text"),
     "pigdm": Case("pixel"),
     "pnp_admm": Case("pixel"),
+    "pnp_flow": Case("pixel"),
     "pnpdm": Case("pixel"),
     "psld": Case("latent"),
     "reddiff": Case("pixel"),
