@@ -93,3 +93,50 @@ def official_ot_ode(
             ratio = (1 - t1) / t1
             x = x + delta * (vt + ratio * gamma_t * g)
     return x
+
+
+def scipy_inverse_flow(v: PaperVelocity, x: Tensor, rtol: float = 1e-5, atol: float = 1e-5) -> Tensor:
+    """``odeint(cnf, x, [1, 0], method='dopri5')`` of the code, by scipy's Dormand-Prince ``RK45``."""
+    from scipy.integrate import solve_ivp
+
+    def f(t: float, flat):
+        z = torch.as_tensor(flat, dtype=x.dtype).reshape(x.shape)
+        return v(z, float(t)).reshape(-1).numpy()
+
+    out = solve_ivp(f, (1.0, 0.0), x.reshape(-1).numpy(), method="RK45", rtol=rtol, atol=atol)
+    return torch.as_tensor(out.y[:, -1], dtype=x.dtype).reshape(x.shape)
+
+
+def official_d_flow(
+    v: PaperVelocity, A: Tensor, y: Tensor, steps_euler: int, lmbda: float, alpha: float, max_iter: int,
+    lbfgs_iter: int, generator: torch.Generator, start_time: float = 0.0,
+    invert: Callable[[PaperVelocity, Tensor], Tensor] = scipy_inverse_flow,
+) -> Tensor:
+    """``D_FLOW.solve_ip`` with ``forward_flow_matching`` (midpoint steps) and ``compute_norm``;
+    ``invert(v, x)`` is the code's ``inverse_flow_matching`` (default: scipy's ``RK45``)."""
+
+    def forward_flow_matching(z: Tensor) -> Tensor:
+        delta = (1 - start_time) / (steps_euler - 1)
+        for i in range(steps_euler - 1):
+            t1 = delta * i + start_time
+            z = z + delta * v(z + delta / 2 * v(z, t1), t1 + delta / 2)
+        return z
+
+    x = y @ A
+    z = invert(v, x)
+    z = math.sqrt(alpha) * z + math.sqrt(1 - alpha) * torch.randn(z.shape, generator=generator, dtype=z.dtype)
+    z = z.detach().requires_grad_(True)
+    optim_img = torch.optim.LBFGS([z], max_iter=lbfgs_iter, history_size=100, line_search_fn="strong_wolfe")
+    d = z.shape[1]
+    for _ in range(max_iter):
+
+        def closure():
+            optim_img.zero_grad()
+            norm_x0 = torch.sqrt((z**2).sum(1))
+            reg = 0.5 * torch.clamp(norm_x0**2, min=-1e6, max=1e6) - (d - 1) * torch.log(norm_x0 + 1e-5)
+            loss = (torch.sum((forward_flow_matching(z) @ A.T - y) ** 2, dim=1) + lmbda * reg).sum()
+            loss.backward()
+            return loss
+
+        optim_img.step(closure)
+    return forward_flow_matching(z.detach())

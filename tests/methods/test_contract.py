@@ -73,6 +73,7 @@ class Case:
 
 
 CASES = {
+    "d_flow": Case("pixel", {"iterations": STEPS, "lbfgs_iterations": 3}),
     "daps": Case("pixel", {"langevin_steps": 3}),
     "ddnm": Case("pixel"),
     "ddrm": Case("pixel"),

@@ -13,14 +13,17 @@ import torch
 
 from invsolve import solve
 from invsolve.samplers import registered
+from invsolve.samplers.dopri5 import dopri5
 from operators import MatrixOperator
 from priors import GaussianPrior
 from priors.flow import from_velocity
 from tests.helpers.official_flow_rules import (
     mixture_flow_velocity,
+    official_d_flow,
     official_ot_ode,
     official_pnp_flow,
     paper_model,
+    scipy_inverse_flow,
 )
 from tests.helpers.posterior_problems import make_gmm_problem
 
@@ -116,3 +119,44 @@ def test_ot_ode_samples_the_exact_posterior_of_a_unit_gaussian_prior():
     std = cov.diagonal().sqrt()
     assert ((x.mean(0) - mean) / std).abs().max() < 0.1
     assert torch.linalg.matrix_norm(torch.cov(x.T) - cov) < 0.1 * torch.linalg.matrix_norm(cov)
+
+
+def ours_inverse(v, x):
+    return dopri5(lambda t, z: v(z, t), x, 1.0, 0.0, 1e-5, 1e-5)
+
+
+def test_d_flow_matches_the_official_loop_for_one_image():
+    # Given the same inversion, the loop (blend, L-BFGS on the loss, midpoint map) agrees to rounding.
+    prior, flow, op, y, sigma_y = flow_problem()
+    ours = run("d_flow", flow, op, y[:1], sigma_y, steps=5, lmbda=0.001, alpha=0.1, iterations=2, lbfgs_iterations=5)
+    theirs = official_d_flow(paper_model(prior), op.A, y[:1], steps_euler=6, lmbda=0.001, alpha=0.1, max_iter=2,
+                             lbfgs_iter=5, generator=torch.Generator().manual_seed(0), invert=ours_inverse)
+    torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-9)
+
+
+def test_d_flow_inversion_matches_scipy_dormand_prince_to_its_tolerance():
+    # The same Dormand-Prince pair with independent step control: equal to the tolerance (1e-5), not to rounding.
+    prior, _, op, y, _ = flow_problem(d=8, d_y=4)
+    v = paper_model(prior)
+    x = torch.cat([y, y]) @ op.A
+    ours, theirs = ours_inverse(v, x), scipy_inverse_flow(v, x)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    # ... and inverts the forward flow: integrating back to t = 1 (at 1e-8) returns x.
+    back = dopri5(lambda t, z: v(z, t), ours, 0.0, 1.0, 1e-8, 1e-8)
+    torch.testing.assert_close(back, x, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_d_flow_reaches_the_closed_form_minimiser_on_a_gaussian_prior(seed):
+    # For N(mu, I) the flow map is T(z) = mu + z, so as lmbda -> 0 D-Flow's minimiser is the point of the
+    # solution set {A x = y} whose ||x - mu|| is nearest sqrt(d - 1), the mode of the chi norm: the min-norm
+    # solution when it lies outside that shell (seed 1), else one of the two points on the shell along the
+    # null direction (seeds 0, 2).  lmbda = 0.001 and 20 midpoint steps: measured within 6e-4.
+    prior, op, y, sigma_y, _, _ = gaussian_problem(seed=seed)
+    A, mu, d = op.A, prior.means[0], op.A.shape[1]
+    z_min = torch.linalg.pinv(A) @ (y[0] - A @ mu)
+    null = torch.linalg.svd(A, full_matrices=True).Vh[-1]
+    gap = d - 1 - z_min.dot(z_min)
+    minimisers = [z_min] if gap <= 0 else [z_min + gap.sqrt() * null, z_min - gap.sqrt() * null]
+    x = run("d_flow", prior, op, y, sigma_y, steps=20, lmbda=0.001, iterations=20)[0]
+    assert min(float((x - mu - z).norm()) for z in minimisers) < 2e-3
