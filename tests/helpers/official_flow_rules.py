@@ -140,3 +140,52 @@ def official_d_flow(
 
         optim_img.step(closure)
     return forward_flow_matching(z.detach())
+
+
+def official_flow_priors(
+    v: PaperVelocity, A: Tensor, y: Tensor, N: int, K: int, lmbda: float, eta: float, generator: torch.Generator,
+    start_time: float = 0.0,
+) -> Tensor:
+    """``FLOW_PRIORS.solve_ip`` (gaussian noise) with ``utils.hut_estimator(1, ...)``; the probe is the sign
+    of a normal draw (the code: ``rand < 0.5``, the same law)."""
+
+    def hut_estimator(x: Tensor, t: float) -> Tensor:
+        eps = torch.sign(torch.randn(x.shape, generator=generator, dtype=x.dtype))
+        prod = torch.autograd.functional.jvp(lambda z: v(z, t), x, eps, create_graph=True)[1]
+        return (prod * eps).sum(1)
+
+    x_init = torch.randn(y.shape[0], A.shape[1], generator=generator, dtype=y.dtype)
+    x = x_init.clone()
+    x.requires_grad_(True)
+    if start_time > 0.0:
+        eps = 1 * start_time
+        dt = (1 - eps) / N
+    else:
+        dt = 1.0 / N
+        eps = 1e-3
+    for iteration in range(N):
+        num_t = iteration / N * (1 - eps) + eps
+        t = num_t
+        x = x.detach().clone()
+        x.requires_grad = True
+        optim_img = torch.optim.Adam([x], lr=eta)
+        for _ in range(K):
+            pred = v(x, num_t)
+            x_next = x + pred * dt
+            y_next = (t + dt) * y + (1 - (t + dt)) * (x_init @ A.T)
+            trace_term = hut_estimator(x, num_t)
+            loss = lmbda * torch.sum((x_next @ A.T - y_next) ** 2, dim=1)
+            if iteration == 0:
+                loss += 0.5 * torch.sum(x**2, dim=1) + trace_term * dt
+            else:
+                loss += trace_term * dt
+            loss = loss.sum()
+            optim_img.zero_grad()
+            grad = torch.autograd.grad(loss, x, create_graph=False)[0]
+            if iteration == 0:
+                x.grad = grad
+            else:
+                x.grad = grad + (-1.0 / (1.0 - num_t) * (-x + num_t * pred.detach())).detach()
+            optim_img.step()
+        x = x + v(x, num_t) * dt
+    return x.detach()

@@ -81,6 +81,7 @@ CASES = {
     "dps": Case("pixel"),
     "drp": Case("restorer"),
     "enkg": Case("pixel", {"ensemble_size": 4, "max_ode_steps": 2}),
+    "flow_priors": Case("pixel"),
     "latent_dps": Case("latent"),
     "mcg": Case("pixel"),
     # OT-ODE starts at iteration int(STEPS * start_time) = 1 of the official grid: STEPS - 1 steps.
