@@ -9,6 +9,7 @@ first step is chosen as in Hairer, Norsett & Wanner (1993), II.4.  These are the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -53,7 +54,10 @@ def _initial_step(f: Callable[[float, Tensor], Tensor], t0: float, x0: Tensor, f
 
 def dopri5(f: Callable[[float, Tensor], Tensor], x: Tensor, t0: float, t1: float, rtol: float = 1e-5,
            atol: float = 1e-5) -> Tensor:
-    """``x(t1)`` for ``dx/dt = f(t, x)``, ``x(t0) = x`` (``t1 < t0`` integrates backwards)."""
+    """``x(t1)`` for ``dx/dt = f(t, x)``, ``x(t0) = x`` (``t1 < t0`` integrates backwards).
+
+    A non-finite step is returned as it is (the caller's divergence check reports it); a
+    step size below ``1e-12 |t1 - t0|`` raises ``FloatingPointError``."""
     sign = 1.0 if t1 >= t0 else -1.0
     t, k1 = t0, f(t0, x)
     h = _initial_step(lambda s, z: sign * f(sign * s, z), sign * t0, x, sign * k1, rtol, atol)
@@ -68,8 +72,12 @@ def dopri5(f: Callable[[float, Tensor], Tensor], x: Tensor, t0: float, t1: float
         stages.append(f(t + dt, x_new))
         error = dt * sum(e * k for e, k in zip(_E, stages))
         ratio = _rms(error / (atol + rtol * torch.maximum(x.abs(), x_new.abs())))
+        if not math.isfinite(ratio):
+            return x_new
         if ratio <= 1.0:
             t, x, k1 = t1 if last else t + dt, x_new, stages[-1]
         factor = 10.0 if ratio == 0 else min(10.0, max(0.2, 0.9 * ratio ** (-1 / 5)))
         h = h * factor
+        if h < 1e-12 * abs(t1 - t0):
+            raise FloatingPointError(f"dopri5: the step size underflowed at t = {t:.6g}")
     return x

@@ -199,3 +199,8 @@ def test_flow_priors_lands_near_the_map_of_a_gaussian_prior(seed):
     std = cov.diagonal().sqrt()
     assert ((x.mean(0) - mean) / std).abs().max() < 0.75
     assert ((prior.means[0] - mean) / std).abs().max() > 3
+
+
+def test_dopri5_hands_back_a_non_finite_state_instead_of_shrinking_its_step_forever():
+    x = torch.ones(1, 3, dtype=F64)
+    assert not torch.isfinite(dopri5(lambda t, z: z * float("nan"), x, 1.0, 0.0)).all()
