@@ -83,6 +83,7 @@ class Case:
 
 
 CASES = {
+    "d_flow": Case("pixel", {"iterations": STEPS, "lbfgs_iterations": 3}),
     "daps": Case("pixel", {"langevin_steps": 3}),
     "ddnm": Case("pixel"),
     "ddrm": Case("pixel"),
@@ -96,13 +97,17 @@ CASES = {
     "flowdps": Case("latent"),
     "flower": Case("pixel"),
     "gen2res": Case("blind"),
+    "flow_priors": Case("pixel"),
     "latent_dps": Case("latent"),
     "mcg": Case("pixel"),
+    # OT-ODE starts at iteration int(STEPS * start_time) = 1 of the official grid: STEPS - 1 steps.
+    "ot_ode": Case("pixel", {"start_time": 0.25}, extra_levels=-1),
     # A level at each distinct sigma_y / s_i: the problem's operator has 4 distinct singular values.
     "mcgdiff": Case("pixel", {"particles": 8}, extra_levels=4),
     "p2l": Case("text"),
     "pigdm": Case("pixel"),
     "pnp_admm": Case("pixel"),
+    "pnp_flow": Case("pixel"),
     "pnpdm": Case("pixel"),
     "psld": Case("latent"),
     "reddiff": Case("pixel"),
