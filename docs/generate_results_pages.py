@@ -128,7 +128,7 @@ def posterior_page(data: dict[str, Any]) -> list[str]:
     return lines
 
 
-def matrix_page(data: dict[str, Any]) -> list[str]:
+def matrix_page(data: dict[str, Any], name: str = "matrix", title: str = "Methods × tasks") -> list[str]:
     tasks = data["config"]["tasks"]
     methods = list(dict.fromkeys(cell["method"] for cell in data["cells"]))
     cells = {(c["method"], c["task"]): c for c in data["cells"]}
@@ -147,7 +147,7 @@ def matrix_page(data: dict[str, Any]) -> list[str]:
     nfe = [[f"`{m}`", *[value(m, t, "nfe", 0) for t in tasks]] for m in methods if m != "no-learning"]
     steps = ", ".join(f"`{m}` {n}" for m, n in data["config"]["steps"].items())
     lines = [
-        "# Methods × tasks",
+        f"# {title}",
         "",
         f"Every method with its default hyperparameters on the prior {data['prior']}, "
         f"{data['config']['size']} px, {len(data['images'])} image(s) ({data['image_source']}); steps: {steps}.",
@@ -163,7 +163,7 @@ def matrix_page(data: dict[str, Any]) -> list[str]:
         "## PSNR (dB)",
         "",
         *table(["method", *tasks], psnr),
-        "![PSNR per method and task](matrix.png)",
+        f"![PSNR per method and task]({name}.png)",
         "",
         "## SSIM",
         "",
@@ -184,7 +184,7 @@ def matrix_page(data: dict[str, Any]) -> list[str]:
         axes.set_ylabel("PSNR (dB)")
         axes.legend(fontsize=7, ncols=3)
 
-    plot(OUT / "matrix.png", draw)
+    plot(OUT / f"{name}.png", draw)
     return lines
 
 
@@ -229,7 +229,17 @@ def speed_page(data: dict[str, Any]) -> list[str]:
     return lines
 
 
-PAGES = {"posterior": posterior_page, "matrix": matrix_page, "speed": speed_page}
+def full_matrix_page(data: dict[str, Any]) -> list[str]:
+    """The matrix at every method's full default steps (per-task runs joined by record_result.py)."""
+    return matrix_page(data, "matrix-defaults", "Methods × tasks at the methods' full default steps")
+
+
+PAGES = {
+    "posterior": posterior_page,
+    "matrix": matrix_page,
+    "matrix-defaults": full_matrix_page,
+    "speed": speed_page,
+}
 
 
 def main() -> None:

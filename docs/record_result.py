@@ -12,10 +12,10 @@ machine) and writes ``docs/results/<name>.json``, which the docs render.
 A matrix too long for one sitting runs one task per command, each into its own folder
 holding ``matrix.json`` and its ``recorded.json`` (the entry above, written by
 ``python docs/record_result.py --record FOLDER COMMIT COMMAND...`` when the run starts);
-``--merge-matrix FOLDER...`` joins them into ``docs/results/matrix.json``, whose
+``--merge-matrix NAME FOLDER...`` joins them into ``docs/results/NAME.json``, whose
 ``recorded`` lists every run's command, commit and date::
 
-    python docs/record_result.py --merge-matrix runs/gaussian_blur runs/super_resolution
+    python docs/record_result.py --merge-matrix matrix-defaults runs/gaussian_blur runs/super_resolution
 """
 
 from __future__ import annotations
@@ -87,9 +87,9 @@ def main(argv: list[str]) -> int:
         record_run(Path(argv[1]), argv[2], argv[3:])
         return 0
     if argv[0] == "--merge-matrix":
-        data = merge_matrix([Path(a) for a in argv[1:]])
-        (RESULTS / "matrix.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {RESULTS / 'matrix.json'}")
+        target = RESULTS / f"{argv[1]}.json"
+        target.write_text(json.dumps(merge_matrix([Path(a) for a in argv[2:]]), indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {target}")
         return 0
     name, args = argv[0], argv[1:]
     with tempfile.TemporaryDirectory() as folder:

@@ -48,3 +48,10 @@ def velocity(problem: Problem, x_t: Tensor, t: float | Tensor) -> Tensor:
     """The flow velocity ``v = (x_t - E[x0 | x_t]) / t`` (``~ eps - x0``), ``0 < t < 1``."""
     rows = _rows(t, x_t).view(-1, *([1] * (x_t.ndim - 1)))
     return (x_t - flow_denoise(problem, x_t, t)) / rows
+
+
+def clamped_time(problem: Problem, t: float) -> float:
+    """Flow time ``t`` clamped to the prior's range ``[time_of(sigma_min), time_of(sigma_max)]``:
+    the VE contract has no level at ``t = 1`` (pure noise), where flow papers start."""
+    low, high = float(time_of(problem.prior.sigma_min)), float(time_of(problem.prior.sigma_max))
+    return min(max(float(t), low), high)

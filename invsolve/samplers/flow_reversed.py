@@ -21,13 +21,12 @@ from __future__ import annotations
 from torch import Tensor
 
 from invsolve.samplers.base import Problem
-from invsolve.samplers.flow_path import time_of, velocity
+from invsolve.samplers.flow_path import clamped_time, velocity
 
 
 def network_time(problem: Problem, t: float) -> float:
     """invsolve's flow time ``1 - t`` of paper time ``t``, clamped to the prior's range."""
-    low, high = float(time_of(problem.prior.sigma_min)), float(time_of(problem.prior.sigma_max))
-    return min(max(1.0 - float(t), low), high)
+    return clamped_time(problem, 1.0 - float(t))
 
 
 def paper_velocity(problem: Problem, x: Tensor, t: float) -> Tensor:

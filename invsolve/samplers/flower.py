@@ -8,15 +8,8 @@ import torch
 from torch import Tensor
 
 from invsolve.samplers.base import Method, Problem, register
-from invsolve.samplers.flow_path import sigma_of, time_of, velocity
+from invsolve.samplers.flow_path import clamped_time, sigma_of, velocity
 from operators.conjugate_gradient import conjugate_gradient
-
-
-def clamped_time(problem: Problem, s: float) -> float:
-    """Flow time ``s`` clamped to the prior's range ``[time_of(sigma_min), time_of(sigma_max)]``:
-    the VE contract has no level at ``s = 1`` (pure noise), where flow papers start."""
-    low, high = float(time_of(problem.prior.sigma_min)), float(time_of(problem.prior.sigma_max))
-    return min(max(s, low), high)
 
 
 def refine(problem: Problem, x_hat: Tensor, adjoint_y: Tensor, lam: float, iterations: int, tolerance: float) -> Tensor:
