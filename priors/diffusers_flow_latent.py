@@ -26,8 +26,6 @@ is taken for the pipeline's default image size until :meth:`FlowLatentPrior.set_
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -36,6 +34,7 @@ from torch import Tensor
 
 from priors.diffusers_latent import DiffusersLatentPrior
 from priors.flow import T_MAX, denoise_from_velocity, shifted_times, sigma_of_time
+from priors.prompt_conditioning import PromptConditioning
 
 
 def resolution_shift(image_seq_len: int, config: Any) -> float:
@@ -47,7 +46,7 @@ def resolution_shift(image_seq_len: int, config: Any) -> float:
     return float(config.base_shift) + slope * (image_seq_len - base_len)
 
 
-class FlowTransformerDenoiser:
+class FlowTransformerDenoiser(PromptConditioning):
     """A text-conditioned latent flow transformer as a VE denoiser on unpacked latents ``(N, C, h, w)``.
 
     Subclasses supply :meth:`_prompt_embeddings` (``(sequence (1, L, W), pooled (1, P))`` as their
@@ -121,35 +120,6 @@ class FlowTransformerDenoiser:
         """``(sequence (N, L, W), pooled (N, P))`` of packed embeddings ``(N, L + 1, max(W, P))``."""
         return embeds[:, : self.sequence_length, : self.sequence_width], embeds[:, self.sequence_length, : self.pooled_width]
 
-    def set_prompt(self, prompt: str = "", guidance_scale: float = 1.0) -> None:
-        """Condition on ``prompt`` with classifier-free guidance weight ``guidance_scale`` (1: none)."""
-        _check_guidance(guidance_scale)
-        self.prompt_embeds = self.encode_text(prompt)
-        self.negative_embeds = self.encode_text("")
-        self.prompt = prompt
-        self.guidance_scale = float(guidance_scale)
-
-    @contextmanager
-    def conditioning(
-        self, prompt_embeds: Tensor | None = None, negative_embeds: Tensor | None = None, guidance_scale: float | None = None
-    ) -> Iterator[None]:
-        """Inside the block, guide with these packed embeddings and weight (``None`` keeps the current one)."""
-        width = tuple(self.prompt_embeds.shape[1:])
-        for label, embeds in (("prompt_embeds", prompt_embeds), ("negative_embeds", negative_embeds)):
-            if embeds is not None and (embeds.ndim != 3 or tuple(embeds.shape[1:]) != width):
-                raise ValueError(f"{label} must have shape (rows, {', '.join(map(str, width))}) like encode_text's, "
-                                 f"got {tuple(embeds.shape)}")
-        if guidance_scale is not None:
-            _check_guidance(guidance_scale)
-        saved = (self.prompt_embeds, self.negative_embeds, self.guidance_scale)
-        self.prompt_embeds = saved[0] if prompt_embeds is None else prompt_embeds
-        self.negative_embeds = saved[1] if negative_embeds is None else negative_embeds
-        self.guidance_scale = saved[2] if guidance_scale is None else float(guidance_scale)
-        try:
-            yield
-        finally:
-            self.prompt_embeds, self.negative_embeds, self.guidance_scale = saved
-
     # -- denoising ---------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
@@ -192,11 +162,6 @@ class FlowTransformerDenoiser:
         shift = f"mu {self.mu:.3g}" if self.dynamic else f"shift {self.shift:g}"
         params = sum(p.numel() for p in self.transformer.parameters()) / 1e6
         return f"{type(self).__name__}({type(self.transformer).__name__}, {shift}, {params:.2f}M params)"
-
-
-def _check_guidance(guidance_scale: float) -> None:
-    if not guidance_scale >= 0:
-        raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
 
 
 class FlowLatentPrior(DiffusersLatentPrior):

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -11,6 +10,7 @@ from torch import Tensor
 
 from priors.base import LatentPrior
 from priors.diffusers_pixel import DiffusersPixelPrior
+from priors.prompt_conditioning import PromptConditioning
 
 AUTOENCODER_CLASSES = ("VQModel", "AutoencoderKL")
 
@@ -26,7 +26,7 @@ def encode_prompt(text_encoder: Any, tokenizer: Any, prompt: str) -> Tensor:
         return text_encoder(tokens.input_ids.to(device))[0]
 
 
-class TextConditionedDenoiser(DiffusersPixelPrior):
+class TextConditionedDenoiser(PromptConditioning, DiffusersPixelPrior):
     r"""A text-conditioned ``UNet2DConditionModel`` as a VE denoiser, with classifier-free guidance.
 
     The VE conversion, timestep interpolation and prediction-type handling are those of
@@ -67,48 +67,6 @@ class TextConditionedDenoiser(DiffusersPixelPrior):
             raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
         return encode_prompt(self.text_encoder, self.tokenizer, prompt).to(self.dtype)
 
-    def set_prompt(self, prompt: str = "", guidance_scale: float = 1.0) -> None:
-        """Condition on ``prompt`` with guidance weight ``guidance_scale`` (Stable Diffusion's own default is 7.5)."""
-        _check_guidance(guidance_scale)
-        self.prompt_embeds = self.encode_text(prompt)
-        self.negative_embeds = self.encode_text("")
-        self.prompt = prompt
-        self.guidance_scale = float(guidance_scale)
-
-    @contextmanager
-    def conditioning(
-        self,
-        prompt_embeds: Tensor | None = None,
-        negative_embeds: Tensor | None = None,
-        guidance_scale: float | None = None,
-    ) -> Iterator[None]:
-        """Inside the block, guide with these embeddings and weight (``None`` keeps the current one).
-
-        Embeddings are ``(1 or N, tokens, width)`` tensors like :meth:`encode_text`'s, for
-        example a tuned prompt or a negated null text; gradients flow to them.  The
-        previous conditioning is restored on exit.
-        """
-        width = self.prompt_embeds.shape[1:]
-        for label, embeds in (("prompt_embeds", prompt_embeds), ("negative_embeds", negative_embeds)):
-            if embeds is not None and (embeds.ndim != 3 or embeds.shape[1:] != width):
-                raise ValueError(
-                    f"{label} must have shape (rows, {', '.join(map(str, width))}) like encode_text's, "
-                    f"got {tuple(embeds.shape)}"
-                )
-        if guidance_scale is not None:
-            _check_guidance(guidance_scale)
-        saved = (self.prompt_embeds, self.negative_embeds, self.guidance_scale)
-        if prompt_embeds is not None:
-            self.prompt_embeds = prompt_embeds
-        if negative_embeds is not None:
-            self.negative_embeds = negative_embeds
-        if guidance_scale is not None:
-            self.guidance_scale = float(guidance_scale)
-        try:
-            yield
-        finally:
-            self.prompt_embeds, self.negative_embeds, self.guidance_scale = saved
-
     def _rows(self, embeds: Tensor, inputs: Tensor) -> Tensor:
         n = inputs.shape[0]
         if embeds.shape[0] not in (1, n):
@@ -125,11 +83,6 @@ class TextConditionedDenoiser(DiffusersPixelPrior):
                         return_dict=False)[0]
         negative, conditional = out.chunk(2)
         return negative + w * (conditional - negative)
-
-
-def _check_guidance(guidance_scale: float) -> None:
-    if not guidance_scale >= 0:
-        raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
 
 
 class DiffusersLatentPrior(LatentPrior):
