@@ -15,6 +15,8 @@ PRIOR_SOURCES = (
     "or a pipeline folder (model_index.json with unet/ and scheduler/)",
     "a Hugging Face hub id of such a model, e.g. google/ddpm-cifar10-32 (downloaded once into the hub cache)",
     "a latent pipeline folder or hub id: VQModel / AutoencoderKL with a UNet (LDM) or Stable Diffusion",
+    "a rectified-flow folder: a UNet2DModel whose scheduler is FlowMatchEulerDiscreteScheduler (pixel flow prior)",
+    "a Stable Diffusion 3 / 3.5 or FLUX.1 pipeline folder or hub id (latent flow prior)",
     "an ADM (guided-diffusion) checkpoint file: .pt, .pth or .safetensors, e.g. ffhq_10m.pt",
 )
 
