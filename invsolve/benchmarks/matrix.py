@@ -172,10 +172,11 @@ def run_matrix(
     images: BenchmarkImages,
     prior_name: str = "",
     log: Callable[[str], None] | None = None,
-    on_task: Callable[[MatrixReport], None] | None = None,
+    on_progress: Callable[[MatrixReport], None] | None = None,
 ) -> MatrixReport:
     """Run every method on every task and image of ``images``; see the module docstring.
-    ``on_task`` gets the report so far after every task (to save partial results)."""
+    ``on_progress`` gets the report so far after every cell (to save partial results: a run
+    stopped part-way keeps every cell it finished)."""
     config.validate()
     say = log or (lambda line: None)
     methods = list(config.methods) if config.methods else default_methods(prior)
@@ -213,8 +214,8 @@ def run_matrix(
                 if cell.status == "ok" and cell.psnr[-1] < reference - MARGIN_DB:
                     cell.flag(BELOW_BASELINE)
                 say(_progress(cell, name, reference))
-        if on_task is not None:
-            on_task(report)
+                if on_progress is not None:
+                    on_progress(report)
     return report
 
 

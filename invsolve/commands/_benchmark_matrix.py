@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     label = spec.label() + (f", {prior.status}" if args.compile else "")
     log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     report = run_matrix(config, prior, images, prior_name=label, log=log,
-                        on_task=lambda partial: write_report(partial, args.out))
+                        on_progress=lambda partial: write_report(partial, args.out))
     markdown, data = write_report(report, args.out)
     print(markdown_table(report), end="")
     print(f"wrote {markdown} and {data}")

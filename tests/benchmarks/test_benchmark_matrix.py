@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from invsolve.benchmarks import matrix as matrix_module
 from invsolve.benchmarks.images import BenchmarkImages, benchmark_images, heldout_images
 from invsolve.benchmarks.matrix import BELOW_BASELINE, NON_FINITE, MatrixConfig, run_matrix
-from invsolve.benchmarks.matrix_report import markdown_table
+from invsolve.benchmarks.matrix_report import markdown_table, write_report
 from invsolve.benchmarks.tasks import TASK_PRESETS, benchmark_task, no_learning_estimate
 from invsolve.cli import main
 from invsolve.evaluation.baseline import NO_LEARNING
@@ -113,6 +113,29 @@ def test_refusals_and_failures_are_cells_and_the_run_goes_on(prior, monkeypatch)
     assert calls == ["dps", "dps"]  # once per task: a failed cell is not retried on the next image
     assert report.cell(NO_LEARNING, "gaussian_blur").status == "ok"
     assert "- latent_dps on gaussian_blur: n/a (needs latent" in markdown_table(report)
+
+
+def test_partial_reports_follow_every_cell_and_task_counts_limit_the_images(prior, monkeypatch, tmp_path):
+    def fake_solve(y, op, prior, method, **kwargs):
+        return Result(samples=torch.zeros(1, 1, 3, 32, 32), nfe=1, operator_calls=1, seconds=0.1, method=method)
+
+    monkeypatch.setattr(matrix_module, "solve", fake_solve)
+    config = MatrixConfig(methods=("ddrm", "dps"), tasks=("gaussian_blur", "super_resolution"), size=32,
+                          lpips=False, counts={"gaussian_blur": 2, "super_resolution": 1})
+    seen = []
+
+    def save(partial):
+        path, _ = write_report(partial, tmp_path)
+        seen.append([(c["method"], c["task"], len(c["psnr"])) for c in json.loads(
+            (tmp_path / "matrix.json").read_text())["cells"] if c["method"] != NO_LEARNING])
+
+    report = run_matrix(config, prior, _images(), on_progress=save)
+    assert len(seen) == 2 * 2 + 2 * 1  # one save per cell: methods x images of each task
+    assert seen[0] == [("ddrm", "gaussian_blur", 1), ("dps", "gaussian_blur", 0)]
+    assert report.cell("ddrm", "gaussian_blur").nfe == [1.0, 1.0]
+    assert report.cell("ddrm", "super_resolution").nfe == [1.0]
+    with pytest.raises(ValueError, match="not run"):
+        MatrixConfig(tasks=("gaussian_blur",), counts={"motion_blur": 1}).validate()
 
 
 def test_heldout_crops_are_the_split_files_crops_shrunk():
