@@ -10,7 +10,7 @@ The transformer predicts ``v(z_t, t) ~ eps - z0`` on ``z_t = (1 - t) z0 + t eps`
     \hat v = v(z_t, t; n) + w\,(v(z_t, t; c) - v(z_t, t; n)),
 
 with classifier-free guidance (Ho & Salimans, 2021) of weight ``w`` between the prompt ``c`` and
-the negative prompt ``n`` (the empty one unless :meth:`FlowTransformerDenoiser.conditioning` sets
+the negative prompt ``n`` (the empty one unless :meth:`priors.prompt_conditioning.PromptConditioning.conditioning` sets
 another); ``D`` is affine in ``v``, so guiding ``v`` guides ``D``.  A prompt's conditioning is two
 tensors, the sequence embeddings ``(L, W)`` and the pooled embedding ``(P,)``; the text contract of
 :mod:`invsolve.samplers.text_guidance` takes one tensor, so :meth:`~FlowTransformerDenoiser.encode_text`

@@ -180,7 +180,7 @@ class DiffusersLatentPrior(LatentPrior):
         guidance_scale: float | None = None,
     ) -> AbstractContextManager[None]:
         """Context manager: denoise with given prompt / negative embeddings and guidance weight
-        (:meth:`TextConditionedDenoiser.conditioning`), e.g. a tuned prompt (P2L) or a negated
+        (:meth:`priors.prompt_conditioning.PromptConditioning.conditioning`), e.g. a tuned prompt (P2L) or a negated
         null text (TReg)."""
         return self._text_denoiser().conditioning(prompt_embeds, negative_embeds, guidance_scale)
 

@@ -75,7 +75,7 @@ class DiffusersPixelPrior(VPDenoiser):
     embedding gets the nearest integer step.  Fourier-embedded (score-SDE) and
     class-conditional UNets are rejected.
 
-    Pixel images lie in ``data_range = (-1, 1)``; :meth:`from_scheduler` takes the
+    Pixel images lie in ``data_range = (-1, 1)``; :meth:`DiffusersPixelPrior.from_scheduler` takes the
     scheduler's ``clip_sample`` / ``clip_sample_range`` (DDPMScheduler clamps its
     ``x0`` prediction to ``[-r, r]`` when set), so every method clamps on such a prior
     as diffusers' own sampler does.  A UNet used on latents (inside a latent prior)

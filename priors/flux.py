@@ -15,7 +15,7 @@ details are those of diffusers' ``FluxPipeline`` (``pipelines/flux/pipeline_flux
 * velocity: ``transformer(hidden_states=tokens, timestep=t, guidance=g, pooled_projections=...,
   encoder_hidden_states=..., txt_ids=..., img_ids=...)`` (the transformer scales ``t`` and ``g`` by
   1000 itself), unpacked.  ``g`` is the distilled guidance strength of models with
-  ``guidance_embeds`` (FLUX.1-dev; :attr:`FluxDenoiser.embedded_guidance`, the pipeline's default 3.5),
+  ``guidance_embeds`` (FLUX.1-dev; ``FluxDenoiser.embedded_guidance``, the pipeline's default 3.5),
   absent otherwise (FLUX.1-schnell).  Two-pass classifier-free guidance with the empty negative prompt
   is ``guidance_scale`` (the pipeline's ``true_cfg_scale``; default 1, none), as for every text prior.
 * grid: ``scheduler.set_timesteps(sigmas=linspace(1, 1 / steps, steps), mu=mu)``, ``mu`` from the
