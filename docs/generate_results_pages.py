@@ -81,7 +81,8 @@ def posterior_page(data: dict[str, Any]) -> list[str]:
     ]
     nfe: dict[str, list[float]] = {}
     for run in data["runs"]:
-        nfe.setdefault(run["method"], []).append(run["nfe"])
+        if run.get("nfe") is not None:
+            nfe.setdefault(run["method"], []).append(run["nfe"])
     for method, per_setting in data["summary"].items():
         cells = []
         for s in settings:
@@ -105,6 +106,11 @@ def posterior_page(data: dict[str, Any]) -> list[str]:
         "![SW distance against NFE](posterior.png)",
         "",
     ]
+    failed = {run["method"]: run["error"] for run in data["runs"] if run.get("error")}
+    if failed:
+        lines += ["Failed (the error of their first failed run):", ""]
+        lines += [f"- `{m}`: {why}" for m, why in failed.items()]
+        lines.append("")
     if data.get("unavailable"):
         lines += ["Not run (the problem's operator or prior lacks what they need):", ""]
         lines += [f"- `{m}`: {why}" for m, why in data["unavailable"].items()]
@@ -112,7 +118,8 @@ def posterior_page(data: dict[str, Any]) -> list[str]:
 
     def draw(axes: Any) -> None:
         for method, per_setting in data["summary"].items():
-            values = [per_setting[s]["sw_mean"] for s in settings if s in per_setting]
+            values = [per_setting[s]["sw_mean"] for s in settings
+                      if per_setting.get(s) and math.isfinite(per_setting[s]["sw_mean"]) and per_setting[s]["sw_mean"] < 1e6]
             cost = mean(nfe.get(method, []))
             if values and cost:
                 axes.scatter([cost], [mean(values)], label=method)
@@ -139,6 +146,8 @@ def matrix_page(data: dict[str, Any], name: str = "matrix", title: str = "Method
             return "–"
         if c["status"] != "ok":
             return c["status"]
+        if not c.get("psnr"):
+            return "not run"  # a run stopped part-way (its partial report is saved after every cell)
         flags = " ".join(c.get("flags") or [])
         return (number(mean(c.get(key) or []), digits) + (f" {flags}" if flags else "")).strip()
 

@@ -13,6 +13,7 @@ the table is on the generated :doc:`../results/generated/posterior` page.
 """
 
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -27,13 +28,15 @@ print("recorded:", ", ".join(f"{k}: {v}" for k, v in data["recorded"].items()))
 
 nfe = defaultdict(list)
 for run in data["runs"]:
-    nfe[run["method"]].append(run["nfe"])
+    if run["nfe"] is not None:  # a failed run (its error is on the results page) has no cost
+        nfe[run["method"]].append(run["nfe"])
 settings = sorted({(r["d"], r["d_y"]) for r in data["references"]})
 fig, axes = plt.subplots(1, len(settings), figsize=(3.4 * len(settings), 3.4), sharey=True, squeeze=False)
 for ax, (d, d_y) in zip(axes[0], settings):
     key = f"d={d},d_y={d_y}"
     for method, per_setting in data["summary"].items():
-        if key in per_setting:
+        # a diverged method (SW beyond 1e6, e.g. FlowChef's official step here) is in the table, not the plot
+        if per_setting.get(key) and math.isfinite(per_setting[key]["sw_mean"]) and per_setting[key]["sw_mean"] < 1e6:
             cost = sum(nfe[method]) / len(nfe[method])
             ax.plot(cost, per_setting[key]["sw_mean"], "o", ms=4)
             ax.annotate(method, (cost, per_setting[key]["sw_mean"]), fontsize=7, xytext=(3, 3),
