@@ -154,7 +154,10 @@ def matrix_page(data: dict[str, Any], name: str = "matrix", title: str = "Method
     psnr = [[f"`{m}`", *[value(m, t, "psnr", 2) for t in tasks]] for m in methods]
     ssim = [[f"`{m}`", *[value(m, t, "ssim", 3) for t in tasks]] for m in methods]
     nfe = [[f"`{m}`", *[value(m, t, "nfe", 0) for t in tasks]] for m in methods if m != "no-learning"]
-    steps = ", ".join(f"`{m}` {n}" for m, n in data["config"]["steps"].items())
+    steps = ", ".join(f"`{m}` {n}" for m, n in data["config"]["steps"].items()) or "every method's default"
+    counts = data["config"].get("counts") or {}
+    if counts:
+        steps += "; images per task: " + ", ".join(f"{t} {n}" for t, n in counts.items())
     lines = [
         f"# {title}",
         "",
