@@ -20,16 +20,10 @@ import torch
 from torch import Tensor
 
 from invsolve.samplers.base import Problem
+from priors.flow import sigma_of_time, time_of_sigma
 
-
-def sigma_of(t: float | Tensor) -> float | Tensor:
-    """The VE noise level ``t / (1 - t)`` of flow time ``t``."""
-    return t / (1.0 - t)
-
-
-def time_of(sigma: float | Tensor) -> float | Tensor:
-    """The flow time ``sigma / (1 + sigma)`` of VE noise level ``sigma``."""
-    return sigma / (1.0 + sigma)
+#: ``sigma_of(t) = t / (1 - t)`` and ``time_of(sigma) = sigma / (1 + sigma)``: the one conversion, in priors.
+sigma_of, time_of = sigma_of_time, time_of_sigma
 
 
 def _rows(t: float | Tensor, x: Tensor) -> Tensor:

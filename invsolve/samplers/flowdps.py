@@ -12,7 +12,7 @@ from torch import Tensor
 from invsolve.samplers.base import Defaults, Method, Problem, register
 from invsolve.samplers.flow_path import sigma_of, time_of, velocity
 from invsolve.samplers.latent import latent_problem
-from priors.flow import shifted_times
+from priors.flow import flow_time_grid
 
 _SOLVE = "FlowDPS-Inverse/FlowDPS solve.py (--step_size 15), sd3_sampler.py"
 RESIDUALS = ("adjoint", "pinv")
@@ -26,8 +26,7 @@ def flowdps_times(problem: Problem, steps: int, shift: float | None) -> list[flo
     if shift is None:
         return problem.flow_times(steps)
     low, high = float(time_of(problem.prior.sigma_min)), float(time_of(problem.prior.sigma_max))
-    base = torch.linspace(1.0, low, steps, dtype=torch.float64)
-    return [min(float(t), high) for t in shifted_times(base, shift)] + [0.0]
+    return flow_time_grid(steps, shift=shift, base_end=low).clamp(max=high).tolist()
 
 
 def consistency_direction(problem: Problem, x: Tensor, residual: str) -> Tensor:

@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from invsolve import solve
+from invsolve.benchmarks.matrix import OPERATOR_CAPABILITIES
 from invsolve.samplers import registered
 from invsolve.validation import capabilities, missing_needs
 from operators import MatrixOperator
@@ -78,11 +79,8 @@ class FirstCalls:
 
 def blind(method: str) -> bool:
     """A method that needs nothing of the operator restores the measurement itself (gen2res)."""
-    return not any(need in OPERATOR_NEEDS for alternatives in registered()[method].needs
+    return not any(need in OPERATOR_CAPABILITIES for alternatives in registered()[method].needs
                    for need in alternatives.split("|"))
-
-
-OPERATOR_NEEDS = {"forward", "vjp", "adjoint", "pinv", "prox", "svd"}
 
 
 def run_recorded(problem, prior: FirstCalls, method: str):
